@@ -1,0 +1,1 @@
+"""Sub-commands of the ``unveil`` CLI; each module provides ``register(subparsers)``."""

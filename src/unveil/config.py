@@ -1,0 +1,370 @@
+"""Typed configuration tree: YAML files plus dotted ``key=value`` overrides.
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an error, not a
+silently ignored setting.  Validation errors are turned into one sentence that names the
+key and lists the valid ones.  The resolved config is written next to every output and
+into every checkpoint, so a run can always be rebuilt from its folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from unveil.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys and wrong types are refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(Section):
+    """Cohort layout and the meaning of label values."""
+
+    id_column: str = "id"
+    table: str | None = Field(
+        default=None,
+        description="clinical table file inside the cohort (default: clinical.csv or clinical.xlsx)",
+    )
+    labels: dict[str, int] = Field(
+        default_factory=lambda: {"right_lung": 1, "left_lung": 2, "airway": 3},
+        description="label name -> integer value in the mask; 0 is always background",
+    )
+    lung_labels: list[str] = Field(default_factory=lambda: ["right_lung", "left_lung"])
+    airway_label: str | None = "airway"
+
+    @model_validator(mode="after")
+    def _labels_consistent(self) -> DataConfig:
+        values = list(self.labels.values())
+        if any(v <= 0 for v in values):
+            raise ValueError("data.labels values must be positive integers (0 is background)")
+        if len(set(values)) != len(values):
+            raise ValueError("data.labels gives the same value to two names")
+        for name in [*self.lung_labels, *([self.airway_label] if self.airway_label else [])]:
+            if name not in self.labels:
+                raise ValueError(
+                    f"label name '{name}' is not among data.labels ({', '.join(self.labels)})"
+                )
+        return self
+
+
+class PreprocessConfig(Section):
+    """What the network sees: orientation, spacing, HU window, patches."""
+
+    orientation: str = "RAS"
+    spacing: tuple[float, float, float] | None = Field(
+        default=None, description="target voxel spacing in mm; null keeps each scan's own"
+    )
+    hu_window: tuple[float, float] = (-1000.0, 500.0)
+    patch_size: tuple[int, int, int] = (64, 64, 32)
+    pos_fraction: float = Field(default=0.75, ge=0.0, le=1.0)
+
+    @field_validator("hu_window")
+    @classmethod
+    def _window_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError("preprocess.hu_window must be [low, high] with low < high")
+        return v
+
+    @field_validator("orientation")
+    @classmethod
+    def _axcodes(cls, v: str) -> str:
+        v = v.upper()
+        if len(v) != 3 or {c for c in v} - set("RLAPSI") or len({c for c in v.replace("L", "R").replace("P", "A").replace("I", "S")}) != 3:
+            raise ValueError("preprocess.orientation must be three axis codes such as RAS or LPS")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing_positive(cls, v):
+        if v is not None and any(s <= 0 for s in v):
+            raise ValueError("preprocess.spacing must be positive millimetres")
+        return v
+
+
+class SplitConfig(Section):
+    """Patient-level train/val/test split, saved to ``splits.json`` and reused."""
+
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    file: str = "splits.json"
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("split.fractions must be three non-negative numbers summing to 1")
+        return v
+
+
+class TextConfig(Section):
+    """Clinical text: template, encoder, dropout for training."""
+
+    template: str = "phantom"
+    encoder: str = "features"
+    max_length: int = Field(default=128, ge=8)
+    cond_dim: int = Field(default=128, ge=1, description="width of the trainable adapter output")
+    field_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
+    prompt_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
+    cache_dir: str | None = None
+
+
+FusionKind = Literal["none", "concat", "affine", "cross_attention", "affine+cross_attention"]
+
+
+class ModelConfig(Section):
+    """The conditional 3D UNet shared by both families."""
+
+    family: Literal["gan", "diffusion"] = "diffusion"
+    channels: tuple[int, ...] = (32, 64, 128)
+    res_blocks: int = Field(default=1, ge=1)
+    norm_groups: int = Field(default=8, ge=1)
+    fusion: FusionKind = "affine"
+    fusion_levels: list[Literal["bottleneck", "decoder", "encoder"]] = Field(
+        default_factory=lambda: ["bottleneck"]
+    )
+    heads: int = Field(default=4, ge=1)
+    noise_input: bool = Field(default=False, description="GAN: add a noise channel to the input")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if "cross_attention" in self.fusion:
+            bad = [c for c in self.channels if c % self.heads]
+            if bad:
+                raise ValueError(
+                    f"model.channels {list(self.channels)} must all be divisible by model.heads "
+                    f"({self.heads}) for cross-attention; change one of them"
+                )
+        if any(c % self.norm_groups for c in self.channels):
+            raise ValueError(
+                f"model.channels {list(self.channels)} must all be divisible by model.norm_groups "
+                f"({self.norm_groups})"
+            )
+        return self
+
+
+class GanConfig(Section):
+    loss: Literal["lsgan", "hinge"] = "lsgan"
+    l1_weight: float = Field(default=100.0, ge=0.0)
+    corr_weight: float = Field(default=0.0, ge=0.0)
+    lr_g: float = Field(default=1e-4, gt=0.0)
+    lr_d: float = Field(default=4e-4, gt=0.0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    disc_channels: int = Field(default=32, ge=1)
+    disc_layers: int = Field(default=3, ge=1)
+    disc_text: bool = True
+
+
+class DiffusionConfig(Section):
+    timesteps: int = Field(default=1000, ge=2)
+    schedule: str = "scaled_linear_beta"
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    loss: Literal["l1", "l2"] = "l2"
+    sampler: Literal["ddim", "rflow", "ddpm"] = "ddim"
+    sample_steps: int = Field(default=50, ge=1)
+    guidance_scale: float = Field(default=1.0, ge=0.0)
+    lr: float = Field(default=1e-4, gt=0.0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(default=1000, ge=0)
+    batch_size: int = Field(default=2, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    ema_decay: float = Field(default=0.999, ge=0.0, lt=1.0)
+    ckpt_every: int = Field(default=500, ge=1)
+    keep_last: int = Field(default=3, ge=1)
+    val_every: int = Field(default=500, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    seed: int = 0
+    num_workers: int = Field(default=0, ge=0)
+    device: str = "auto"
+    grad_clip: float | None = 1.0
+
+
+class InferConfig(Section):
+    overlap: float = Field(default=0.5, ge=0.0, lt=1.0)
+    sw_batch_size: int = Field(default=1, ge=1)
+    blend: Literal["gaussian", "constant"] = "gaussian"
+
+
+class Config(Section):
+    """The whole tree; ``Config()`` is a valid default."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    gan: GanConfig = Field(default_factory=GanConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-serialisable dict (tuples become lists)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The pydantic model that owns the key at ``loc[:-1]``."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return model
+
+
+def _sentence(err: ValidationError, source: str) -> str:
+    """Turn the first pydantic error into one sentence naming the key and the fix."""
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not isinstance(p, int))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        model = _section_model(loc)
+        valid = _valid_keys(model)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        where = ".".join(str(p) for p in loc[:-1]) or "the top level"
+        return (
+            f"{source}: unknown config key '{key}'{hint}; valid keys under {where} are: "
+            f"{', '.join(valid)}."
+        )
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = e.get("input")
+    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: config key '{key}' is invalid: {msg}{got_s}."
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(
+            f"override '{text}' is not of the form key=value (for example train.steps=100)."
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key; write it as section.key=value.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = {}
+            node[p] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Load a YAML config (or the defaults), apply ``key=value`` overrides, validate.
+
+    A YAML file may name a parent with ``base: other.yaml`` (resolved relative to it); the
+    child's keys win.  Raises :class:`ConfigError` with one sentence on any problem.
+    """
+    tree: dict[str, Any] = dict(base or {})
+    source = "config"
+    if path is not None:
+        tree = _deep_merge(tree, _read_yaml_with_base(Path(path)))
+        source = str(path)
+    for ov in overrides:
+        parts, value = _parse_override(ov)
+        _set_dotted(tree, parts, value)
+    if overrides:
+        source = f"{source} with overrides"
+    return config_from_dict(tree, source)
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict (for example the one stored in a checkpoint)."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_sentence(err, source)) from None
+
+
+def _read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; check the path given to --config.")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax.") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not a {type(tree).__name__}.")
+    parent = tree.pop("base", None)
+    if parent:
+        ppath = (path.parent / parent).resolve()
+        if ppath in seen:
+            raise ConfigError(f"config file {path} names itself as a base through '{parent}'.")
+        tree = _deep_merge(_read_yaml_with_base(ppath, (*seen, ppath)), tree)
+    return tree
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def configs_dir() -> Path:
+    """The ``configs/`` folder shipped with the package (source checkout or installed)."""
+    here = Path(__file__).resolve()
+    for cand in (here.parent / "resources" / "configs", here.parents[2] / "configs"):
+        if cand.is_dir():
+            return cand
+    raise ConfigError("the shipped configs/ folder was not found; reinstall unveil.")
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A config given as a path, or by the name of a shipped one (``diffusion-affine``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    cand = configs_dir() / (p.name if p.suffix else f"{p.name}.yaml")
+    if cand.is_file():
+        return cand
+    raise ConfigError(
+        f"config {name} is neither a file nor a shipped config; give a path or one of: "
+        f"{', '.join(sorted(q.stem for q in configs_dir().glob('*.yaml')))}."
+    )

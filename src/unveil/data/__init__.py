@@ -1,0 +1,1 @@
+"""unveil.data"""
