@@ -163,14 +163,28 @@ class GanConfig(Section):
 
 
 class DiffusionConfig(Section):
+    process: Literal["ddpm", "rflow"] = Field(
+        default="ddpm", description="training noise process: DDPM (sample with ddim/ddpm) or rectified flow"
+    )
     timesteps: int = Field(default=1000, ge=2)
     schedule: str = "scaled_linear_beta"
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
     loss: Literal["l1", "l2"] = "l2"
     sampler: Literal["ddim", "rflow", "ddpm"] = "ddim"
+    eta: float = Field(default=0.0, ge=0.0, description="DDIM eta (0 = deterministic)")
     sample_steps: int = Field(default=50, ge=1)
     guidance_scale: float = Field(default=1.0, ge=0.0)
     lr: float = Field(default=1e-4, gt=0.0)
+
+    @model_validator(mode="after")
+    def _sampler_matches_process(self) -> DiffusionConfig:
+        if (self.process == "rflow") != (self.sampler == "rflow"):
+            raise ValueError(
+                f"diffusion.sampler '{self.sampler}' cannot sample a model trained with "
+                f"diffusion.process '{self.process}'; use sampler rflow with process rflow, "
+                "and ddim or ddpm with process ddpm"
+            )
+        return self
 
 
 class TrainConfig(Section):
