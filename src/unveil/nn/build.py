@@ -1,0 +1,89 @@
+"""Networks from config sections: the generator/denoiser UNet and the discriminator.
+
+``model.family`` decides the role of the UNet: ``diffusion`` -> time embedding, linear
+output; ``gan`` -> no time embedding, ``tanh`` output, and one noise input channel when
+``model.noise_input`` is set.  An invalid combination is raised as
+:class:`~unveil.errors.ConfigError` with one sentence naming the config keys, so the CLI
+shows it without a traceback.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from unveil.config import GanConfig, ModelConfig
+from unveil.errors import ConfigError
+from unveil.nn.discriminator import ConditionalPatchDiscriminator
+from unveil.nn.unet import ConditionalUNet
+
+
+def build_generator(
+    model_cfg: ModelConfig, image_channels: int, mask_channels: int, cond_dim: int
+) -> ConditionalUNet:
+    """The UNet of ``model_cfg``: the diffusion denoiser or the GAN generator.
+
+    Args:
+        model_cfg: the ``model`` config section.
+        image_channels: image channels (input of the denoiser, output of both families).
+        mask_channels: one-hot mask channels (background included if the caller keeps it).
+        cond_dim: width of the text tokens / pooled vector (``text.cond_dim``).
+    """
+    diffusion = model_cfg.family == "diffusion"
+    if diffusion and model_cfg.noise_input:
+        raise ConfigError(
+            "model.noise_input adds a noise channel to the GAN generator only; set it to "
+            "false for model.family diffusion (the denoiser already takes noise as input)."
+        )
+    try:
+        return ConditionalUNet(
+            image_channels=image_channels,
+            mask_channels=mask_channels,
+            out_channels=image_channels,
+            channels=tuple(model_cfg.channels),
+            res_blocks=model_cfg.res_blocks,
+            norm_groups=model_cfg.norm_groups,
+            fusion=model_cfg.fusion,
+            fusion_levels=tuple(model_cfg.fusion_levels),
+            heads=model_cfg.heads,
+            cond_dim=cond_dim,
+            with_time=diffusion,
+            noise_channels=1 if (not diffusion and model_cfg.noise_input) else 0,
+        )
+    except ValueError as err:
+        raise ConfigError(f"model config: {err}") from None
+
+
+def build_discriminator(
+    gan_cfg: GanConfig,
+    model_cfg: ModelConfig,
+    mask_channels: int,
+    cond_dim: int,
+    image_channels: int = 1,
+) -> ConditionalPatchDiscriminator:
+    """The PatchGAN discriminator of ``gan_cfg`` for the generator of ``model_cfg``.
+
+    The text projection term is used when ``gan.disc_text`` is set and the generator fuses
+    text at all (``model.fusion != none``): a mask-only baseline keeps a text-blind
+    discriminator so that the comparison with text models is fair.
+    ``image_channels`` is an argument because the config has no field for it (1 for CT).
+    """
+    if model_cfg.family != "gan":
+        raise ConfigError(
+            f"a discriminator is only built for model.family gan, not '{model_cfg.family}'."
+        )
+    use_text = gan_cfg.disc_text and model_cfg.fusion != "none"
+    try:
+        return ConditionalPatchDiscriminator(
+            image_channels=image_channels,
+            mask_channels=mask_channels,
+            channels=gan_cfg.disc_channels,
+            layers=gan_cfg.disc_layers,
+            cond_dim=cond_dim if use_text else None,
+        )
+    except ValueError as err:
+        raise ConfigError(f"gan config: {err}") from None
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (shared tensors counted once)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
