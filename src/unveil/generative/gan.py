@@ -1,0 +1,253 @@
+"""The conditional GAN objective (pix2pix-like generator, PatchGAN discriminator).
+
+The process owns no weights: the generator and the discriminator are arguments, as in the
+diffusion process.  Both networks see the mask, and the discriminator also sees the text
+unless ``gan.disc_text`` is off (the published code's discriminator saw neither, so it
+could not penalise an image that ignores its condition).
+
+Network interfaces:
+
+* generator ``G(x, mask, t, cond) -> (B, C, D, H, W)`` in ``[-1, 1]`` (the GAN variant
+  of the shared UNet ends in ``tanh``); ``x`` is the noise ``(B, Cn, D, H, W)`` or None
+  when the generator takes the mask alone, ``t`` is always None;
+* discriminator ``D(image, mask, cond) -> logits (B, 1, d, h, w)`` (PatchGAN).
+
+Losses (``gan.loss``), with ``D(x)`` the patch logits averaged over patches and batch:
+
+* ``lsgan`` (pix2pix / Mao et al.): ``L_D = 0.5 [(D(real) - 1)^2 + D(fake)^2]``,
+  ``L_G,adv = (D(fake) - 1)^2``;
+* ``hinge`` (Miyato et al., SAGAN): ``L_D = relu(1 - D(real)) + relu(1 + D(fake))``,
+  ``L_G,adv = -D(fake)``.
+
+The generator adds ``l1_weight * |fake - real|`` (pix2pix) and, when ``corr_weight > 0``,
+``corr_weight * (1 - r)`` with ``r`` the Pearson correlation between fake and real per
+sample (the paper's correlation loss), averaged over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unveil.conditioning import TextCondition
+from unveil.config import GanConfig
+
+Network = nn.Module | Callable[..., torch.Tensor]
+
+
+def pearson_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation per sample between ``a`` and ``b`` ``(B, ...)`` -> ``(B,)``.
+
+    Computed in float32 over every voxel and channel of a sample; ``eps`` keeps a constant
+    image (zero variance) from dividing by zero (its correlation is then 0).
+    """
+    a = a.float().flatten(1)
+    b = b.float().flatten(1)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    cov = (a * b).sum(dim=1)
+    return cov / torch.sqrt((a * a).sum(dim=1) * (b * b).sum(dim=1) + eps)
+
+
+class GanProcess:
+    """Adversarial objective, reconstruction terms and a two-network update.
+
+    Args:
+        cfg: the ``gan`` config section (loss, l1_weight, corr_weight, lr_g, lr_d, betas,
+            disc_text).
+    """
+
+    def __init__(self, cfg: GanConfig) -> None:
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ building blocks
+
+    def generate(
+        self,
+        generator: Network,
+        mask: torch.Tensor,
+        cond: TextCondition | None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The generated image ``(B, C, D, H, W)`` in ``[-1, 1]`` for ``mask (B, M, D, H, W)``.
+
+        ``noise`` ``(B, Cn, D, H, W)`` is passed as the generator's ``x`` (None for a
+        generator that takes the mask alone); gradients flow unless the caller disables
+        them.
+        """
+        return generator(noise, mask, None, cond)
+
+    def _disc(
+        self,
+        discriminator: Network,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        cond: TextCondition | None,
+    ) -> torch.Tensor:
+        return discriminator(image, mask, cond if self.cfg.disc_text else None)
+
+    def d_loss_from_logits(
+        self, real_logits: torch.Tensor, fake_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Discriminator loss (scalar, float32) from patch logits on real and fake images."""
+        real_logits, fake_logits = real_logits.float(), fake_logits.float()
+        if self.cfg.loss == "hinge":
+            return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+        return 0.5 * (
+            F.mse_loss(real_logits, torch.ones_like(real_logits))
+            + F.mse_loss(fake_logits, torch.zeros_like(fake_logits))
+        )
+
+    def g_adv_loss_from_logits(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        """Adversarial part of the generator loss (scalar, float32)."""
+        fake_logits = fake_logits.float()
+        if self.cfg.loss == "hinge":
+            return -fake_logits.mean()
+        return F.mse_loss(fake_logits, torch.ones_like(fake_logits))
+
+    def _d_loss_on(
+        self,
+        discriminator: Network,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        mask: torch.Tensor,
+        cond: TextCondition | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        real_logits = self._disc(discriminator, real, mask, cond)
+        fake_logits = self._disc(discriminator, fake.detach(), mask, cond)
+        loss = self.d_loss_from_logits(real_logits, fake_logits)
+        logs = {
+            "d_loss": float(loss.detach()),
+            "d_real": float(real_logits.detach().float().mean()),
+            "d_fake": float(fake_logits.detach().float().mean()),
+        }
+        return loss, logs
+
+    def _g_loss_on(
+        self,
+        discriminator: Network,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        mask: torch.Tensor,
+        cond: TextCondition | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        adv = self.g_adv_loss_from_logits(self._disc(discriminator, fake, mask, cond))
+        l1 = F.l1_loss(fake.float(), real.float())
+        loss = adv + self.cfg.l1_weight * l1
+        logs = {"g_adv": float(adv.detach()), "g_l1": float(l1.detach())}
+        if self.cfg.corr_weight > 0:
+            corr = (1.0 - pearson_correlation(fake, real)).mean()
+            loss = loss + self.cfg.corr_weight * corr
+            logs["g_corr"] = float(corr.detach())
+        logs["g_loss"] = float(loss.detach())
+        return loss, logs
+
+    # ------------------------------------------------------------------ public losses
+
+    def discriminator_loss(
+        self,
+        generator: Network,
+        discriminator: Network,
+        real: torch.Tensor,
+        mask: torch.Tensor,
+        cond: TextCondition | None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Discriminator loss on one batch; the fake is generated without gradients.
+
+        Args:
+            real: real images ``(B, C, D, H, W)`` in ``[-1, 1]``.
+            mask: one-hot mask ``(B, M, D, H, W)``.
+            cond: text condition or None.
+            noise: generator input ``x`` or None.
+
+        Returns:
+            ``(loss, {"d_loss", "d_real", "d_fake"})`` (the last two: mean logits).
+        """
+        with torch.no_grad():
+            fake = self.generate(generator, mask, cond, noise)
+        return self._d_loss_on(discriminator, real, fake, mask, cond)
+
+    def generator_loss(
+        self,
+        generator: Network,
+        discriminator: Network,
+        real: torch.Tensor,
+        mask: torch.Tensor,
+        cond: TextCondition | None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Generator loss: adversarial + ``l1_weight`` L1 (+ ``corr_weight`` (1 - r)).
+
+        Gradients reach the discriminator's parameters too unless they are frozen; use
+        :meth:`train_step` (which freezes them) or freeze them yourself.
+
+        Returns:
+            ``(loss, {"g_loss", "g_adv", "g_l1"[, "g_corr"]})``.
+        """
+        fake = self.generate(generator, mask, cond, noise)
+        return self._g_loss_on(discriminator, real, fake, mask, cond)
+
+    # ------------------------------------------------------------------ one update
+
+    def train_step(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+        real: torch.Tensor,
+        mask: torch.Tensor,
+        cond: TextCondition | None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """One discriminator update, then one generator update; returns both logs merged.
+
+        The fake is generated once (with gradients): the discriminator half sees it
+        detached, and the generator half reuses the same graph, as pix2pix does, which
+        saves a generator forward pass.  The discriminator's ``requires_grad`` flags are
+        off during the generator half (and restored afterwards, even on error), so the
+        generator loss leaves the discriminator's gradients untouched.
+        """
+        fake = self.generate(generator, mask, cond, noise)
+
+        d_loss, logs = self._d_loss_on(discriminator, real, fake, mask, cond)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+
+        params = list(discriminator.parameters())
+        flags = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            g_loss, g_logs = self._g_loss_on(discriminator, real, fake, mask, cond)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+        logs.update(g_logs)
+        return logs
+
+
+def make_gan_optimizers(
+    generator: nn.Module, discriminator: nn.Module, cfg: GanConfig
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Two-time-scale Adam (Heusel et al.): ``lr_g`` for G, ``lr_d`` for D, shared ``betas``.
+
+    Only trainable parameters are handed to each optimiser (a frozen text encoder inside a
+    network stays frozen).  Returns ``(opt_g, opt_d)``.
+    """
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    opt_g = torch.optim.Adam(
+        [p for p in generator.parameters() if p.requires_grad], lr=cfg.lr_g, betas=betas
+    )
+    opt_d = torch.optim.Adam(
+        [p for p in discriminator.parameters() if p.requires_grad], lr=cfg.lr_d, betas=betas
+    )
+    return opt_g, opt_d
