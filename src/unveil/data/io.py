@@ -13,6 +13,8 @@ ITK (via MONAI's reader).
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +114,12 @@ def read_volume(path: str | os.PathLike, dtype: np.dtype | type | None = None) -
     except DataError:
         raise
     except Exception as err:  # nibabel/ITK raise many types for corrupt files
-        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        reason = _error_reason(err)
+        if path.is_dir():
+            raise DataError(
+                f"{path} is a folder but not a readable DICOM series ({reason}); put the "
+                "DICOM files of exactly one series in it, or replace it with a NIfTI file."
+            ) from None
         raise DataError(
             f"{path} is unreadable or truncated ({reason}); re-export it from the source."
         ) from None
@@ -126,14 +133,37 @@ def read_volume(path: str | os.PathLike, dtype: np.dtype | type | None = None) -
     return Volume(array, affine, path)
 
 
+def _error_reason(err: BaseException) -> str:
+    """The informative part of a reader's exception, on one short line.
+
+    ITK exceptions start with a C++ source location and an ``ITK ERROR: Class(0x...):``
+    prefix, and NRRD errors nest a chain of ``[nrrd]`` lines whose last one is the cause;
+    neither helps a user, so both are stripped.
+    """
+    lines = []
+    for line in str(err).splitlines():
+        line = line.strip()
+        if not line or re.fullmatch(r".*\.(cxx|cpp|h|hxx):\d+:?", line):
+            continue
+        lines.append(re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\):\s*", "", line))
+    nrrd = [ln for ln in lines if ln.startswith("[nrrd]")]
+    reason = nrrd[-1] if nrrd else (lines[0] if lines else type(err).__name__)
+    reason = reason.removeprefix("[nrrd] ").rstrip(".")
+    return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     img = nib.load(str(path))
     # get_fdata would turn label maps into float64; keep the stored type, applying the
-    # scale only when the header asks for it.
-    slope, inter = img.header.get_slope_inter()
-    if (slope is None or slope == 1) and not inter:
+    # scale only when the file asks for it.  The scaling must be read from the data proxy:
+    # nibabel moves scl_slope/scl_inter out of a loaded image's header, so
+    # ``img.header.get_slope_inter()`` is always (None, None) here, and the proxy would
+    # silently return float64 for the usual int16 CT with intercept -1024.
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    if slope == 1.0 and inter == 0.0:
         array = np.asarray(img.dataobj)
     else:
         array = np.asarray(img.get_fdata(dtype=np.float32))
@@ -144,13 +174,24 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from monai.data import ITKReader
 
     reader = ITKReader(affine_lps_to_ras=True)
-    img = reader.read(str(path))
+    # MONAI only warns when a folder holds several DICOM series and then reads the first
+    # one; silently picking a scan is worse than refusing, so the warning becomes an error.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = reader.read(str(path))
+    if any("more than one DICOM series" in str(w.message) for w in caught):
+        raise DataError(
+            f"{path} holds more than one DICOM series; move each series into its own folder "
+            "and keep only the one to use for this subject."
+        )
     array, meta = reader.get_data(img)
     affine = np.asarray(meta["affine"], dtype=np.float64)
     return np.asarray(array), affine
 
 
-def write_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type | None = None) -> Path:
+def write_volume(
+    volume: Volume, path: str | os.PathLike, dtype: np.dtype | type | None = None
+) -> Path:
     """Write ``volume`` atomically; the format follows the suffix (NIfTI, NRRD, MHA)."""
     path = Path(path)
     suf = volume_suffix(path)
@@ -166,9 +207,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type
         elif suf in (".nrrd", ".mha", ".mhd", ".nhdr"):
             _write_itk(array, volume.affine, tmp)
         else:
-            raise DataError(
-                f"cannot write {path}: use a .nii.gz, .nii, .nrrd or .mha file name."
-            )
+            raise DataError(f"cannot write {path}: use a .nii.gz, .nii, .nrrd or .mha file name.")
     return path
 
 

@@ -1,1 +1,1 @@
-"""unveil.train"""
+"""Training: one loop for both families, checkpoints, distributed helpers."""

@@ -1,0 +1,58 @@
+"""Whole-volume generation for one preprocessed subject (both families)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unveil.conditioning import TextCondition
+from unveil.config import Config
+from unveil.infer.sliding import windowed
+
+
+@torch.no_grad()
+def generate_prepared(
+    model: nn.Module,
+    cfg: Config,
+    prepared,
+    cond: TextCondition | None,
+    noise: torch.Tensor,
+    device: torch.device | str = "cpu",
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Generate the image of a whole preprocessed scan; returns ``(1, 1, X, Y, Z)`` in [-1, 1].
+
+    Args:
+        model: a :class:`unveil.model.TextConditionedGenerator` (eval mode).
+        prepared: :class:`unveil.data.preprocess.Prepared` (its one-hot ``mask`` is used).
+        cond: encoder-width text condition of batch 1.
+        noise: ``(1, 1, X, Y, Z)`` standard normal on the preprocessed grid.  Diffusion
+            starts from it (one noise volume for the whole scan, shared by every window);
+            a GAN with ``model.noise_input`` uses it as its noise channel.  Counterfactual
+            pairs pass the *same* tensor, so they share noise by construction.
+    """
+    device = torch.device(device)
+    mask = prepared.mask.unsqueeze(0).to(device) if prepared.mask.dim() == 4 else prepared.mask.to(device)
+    noise = noise.to(device)
+    inf = cfg.infer
+    if cfg.model.family == "diffusion":
+        from unveil.generative.diffusion import DiffusionProcess
+
+        process = DiffusionProcess(cfg.diffusion)
+        scale = cfg.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+
+        def guided(x, m, t, c):
+            # Classifier-free guidance inside each window: one batched call per window.
+            return process.model_fn(model, m, c, scale)(x, t)
+
+        run = windowed(guided, cfg.preprocess.patch_size, inf.overlap, inf.sw_batch_size, inf.blend)
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return run(x_t, mask, t, cond)
+
+        return process.sample(denoise, noise, steps=steps, progress=progress)
+    run = windowed(model, cfg.preprocess.patch_size, inf.overlap, inf.sw_batch_size, inf.blend, progress=progress)
+    x = noise if cfg.model.noise_input else None
+    return run(x, mask, None, cond).clamp(-1.0, 1.0)

@@ -1,0 +1,465 @@
+"""One training loop for both families (GAN and diffusion).
+
+Readable top to bottom: set up (distributed, data, text, models, optimisers, EMA), maybe
+resume, then ``for step``: draw a global batch, take this rank's shard, one optimiser step
+per family, log, validate, checkpoint.  Every random draw comes from a generator whose
+state is checkpointed, so ``--resume`` continues exactly (on CPU the losses after
+resuming equal those of an uninterrupted run) and N ranks with batch B reproduce one
+process with batch N*B: the global batch is drawn identically on every rank and each rank
+trains on its slice; DDP averages the gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unveil.conditioning import TextCondition
+from unveil.config import Config, config_from_dict
+from unveil.errors import UnveilError
+from unveil.fs import write_text
+from unveil.model import ModelMeta, build_models
+from unveil.train import checkpoint as ckpt
+from unveil.train.distributed import DistInfo, barrier, init_distributed, shutdown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """Everything that changes during training and goes into a checkpoint."""
+
+    step: int = 0
+    sampler_rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    prompt_rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(1))
+    torch_gen: torch.Generator = field(default_factory=torch.Generator)
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    # PCG64's 128-bit integers are stored as strings: weights_only loading accepts them
+    # either way, but strings keep the checkpoint readable by any tool.
+    st = rng.bit_generator.state
+    return {"bit_generator": st["bit_generator"], "state": {k: str(v) for k, v in st["state"].items()},
+            "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"])}
+
+
+def _set_rng_state(rng: np.random.Generator, st: dict[str, Any]) -> None:
+    rng.bit_generator.state = {"bit_generator": st["bit_generator"],
+                               "state": {k: int(v) for k, v in st["state"].items()},
+                               "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
+
+
+def _autocast(cfg: Config, device: torch.device):
+    if cfg.train.amp == "none":
+        return contextlib.nullcontext()
+    if device.type == "cpu" and cfg.train.amp == "fp16":
+        raise UnveilError("train.amp=fp16 needs a GPU; use train.amp=bf16 or none on CPU.")
+    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+def train(
+    cfg: Config,
+    cohort: str | Path,
+    out: str | Path,
+    steps: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train the model described by ``cfg`` on ``cohort``; checkpoints go to ``out/checkpoints``.
+
+    Returns the path of the last checkpoint.  With ``resume`` the newest checkpoint in
+    ``out`` is loaded and training continues to ``steps`` (default the config's).
+    """
+    from tqdm.auto import tqdm
+
+    from unveil.generative.ema import EMA
+    from unveil.text.cache import EmbeddingCache
+    from unveil.text.encoders import build_encoder
+    from unveil.text.template import load_template
+    from unveil.train.data import PromptSampler, ensure_splits, load_training_data
+
+    out = Path(out)
+    info = init_distributed(cfg.train.device)
+    try:
+        loaded = None
+        if resume:
+            last = ckpt.latest_checkpoint(out)
+            if last is None:
+                raise UnveilError(f"--resume found no checkpoint in {out}/checkpoints; start without --resume.")
+            loaded = ckpt.load_checkpoint(last)
+            saved = config_from_dict(loaded["config"], source=f"checkpoint {last}")
+            # The run continues under the config it was started with; only the length may change.
+            if saved.model_dump(exclude={"train": {"steps"}}) != cfg.model_dump(exclude={"train": {"steps"}}):
+                log.warning("resuming with the configuration stored in %s (the one given differs)", last)
+            cfg = saved
+        elif ckpt.list_checkpoints(out):
+            raise UnveilError(
+                f"{out} already holds checkpoints; pass --resume to continue that run or choose another --out."
+            )
+        total = int(steps if steps is not None else cfg.train.steps)
+        cfg.train.steps = total
+        device = info.device
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text(out / "config.yaml", cfg.to_yaml())
+            ensure_splits(cfg, cohort, out)  # only rank 0 writes; the others read it below
+        barrier(info)
+
+        # ---- text: template, frozen encoder, cache (every unique prompt encoded once)
+        template = load_template(cfg.text.template)
+        template.check_identifiers(cfg.data.id_column)
+        encoder = build_encoder(cfg.text.encoder, max_length=cfg.text.max_length)
+        cache_dir = Path(cfg.text.cache_dir) if cfg.text.cache_dir else out / "text-cache"
+        # Only rank 0 writes to disk; other ranks keep their (identical) embeddings in memory.
+        cache = EmbeddingCache(encoder, cache_dir=cache_dir if info.is_main else None)
+
+        # ---- data
+        data = load_training_data(cfg, cohort, out, progress=progress and info.is_main)
+        template.check_columns(next(iter(data.train)).row.keys(), source=f"the clinical table of {cohort}")
+        prompts = PromptSampler(template, [s.row for s in data.train], cfg.text.field_dropout, cfg.text.prompt_dropout)
+        cache.prefetch(prompts.full)
+
+        meta = ModelMeta(
+            mask_channels=list(data.mask_channels),
+            image_channels=1,
+            encoder_name=cfg.text.encoder,
+            encoder_identity=encoder.identity,
+            encoder_width=encoder.width,
+            encoder_pooled_width=encoder.pooled_width,
+            template=template.spec.model_dump(),
+            template_identity=template.identity(),
+        )
+        if loaded is not None:
+            old = ModelMeta.from_dict(loaded.get("meta", {}))
+            if old.encoder_identity != meta.encoder_identity or old.template_identity != meta.template_identity:
+                raise UnveilError(
+                    "the checkpoint was trained with another text encoder or template than this "
+                    "installation provides; resume where it was made or start a new run."
+                )
+
+        # ---- models, optimisers, EMA (same seed on every rank; DDP also broadcasts rank 0)
+        torch.manual_seed(cfg.train.seed)
+        gen, disc = build_models(cfg, meta)
+        gen.to(device)
+        if disc is not None:
+            disc.to(device)
+        family = _make_family(cfg, gen, disc)
+        ema = EMA(gen, decay=cfg.train.ema_decay)
+
+        state = RunState(
+            step=0,
+            sampler_rng=np.random.default_rng([cfg.train.seed, 1]),
+            prompt_rng=np.random.default_rng([cfg.train.seed, 2]),
+            torch_gen=torch.Generator().manual_seed(cfg.train.seed + 3),
+        )
+        from unveil.data.patches import PatchSampler
+
+        sampler = PatchSampler(
+            [s.prepared.image for s in data.train],
+            [s.prepared.mask for s in data.train],
+            cfg.preprocess.patch_size,
+            cfg.preprocess.pos_fraction,
+            state.sampler_rng,
+            fg_channels=_lung_channel_indices(cfg, data.mask_channels),
+        )
+        if loaded is not None:
+            gen.load_state_dict(loaded["models"]["generator"])
+            if disc is not None:
+                disc.load_state_dict(loaded["models"]["discriminator"])
+            family.load_optimizers(loaded["optimizers"])
+            ema.load_state_dict(loaded["ema"])
+            state.step = int(loaded["step"])
+            _set_rng_state(state.sampler_rng, loaded["rng"]["sampler"])
+            _set_rng_state(state.prompt_rng, loaded["rng"]["prompt"])
+            state.torch_gen.set_state(loaded["rng"]["torch_gen"])
+            torch.set_rng_state(loaded["rng"]["torch"])
+        family.wrap_ddp(info)
+        if info.is_main:
+            _truncate_jsonl(out / "losses.jsonl", state.step)
+
+        writer = None
+        if info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard"))
+
+        bs = cfg.train.batch_size
+        shard = slice(info.rank * bs, (info.rank + 1) * bs)
+        global_bs = bs * info.world_size
+
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor, TextCondition, torch.Generator]:
+            batch = sampler.sample(global_bs)
+            idx = [int(i) for i in batch["index"]]
+            texts, null = prompts.draw(idx, state.prompt_rng)
+            enc = cache.get(texts[shard])
+            cond = TextCondition(enc.tokens, enc.mask, enc.pooled, null[shard]).to(device)
+            return batch["image"][shard].to(device), batch["mask"][shard].to(device), cond
+
+        bar = tqdm(total=total, initial=state.step, disable=not (progress and info.is_main),
+                   desc=f"train {cfg.model.family}", unit="it", dynamic_ncols=True)
+        last_path = None
+        t0 = time.perf_counter()
+        while state.step < total:
+            logs = family.step(next_batch, state.torch_gen, global_bs, shard, cfg, device)
+            ema.update(_unwrap(family.generator))
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+            if not all(math.isfinite(v) for v in logs.values()):
+                raise UnveilError(
+                    f"training diverged at step {state.step} (loss {logs}); lower the learning rate or "
+                    "use train.amp=none, then --resume from the last checkpoint."
+                )
+            if info.is_main:
+                _append_jsonl(out / "losses.jsonl", {"step": state.step, **logs})
+            if writer is not None and (state.step % cfg.train.log_every == 0 or state.step == total):
+                for k, v in logs.items():
+                    writer.add_scalar(f"train/{k}", v, state.step)
+                writer.add_scalar("train/it_per_s", state.step / max(time.perf_counter() - t0, 1e-9), state.step)
+            if state.step % cfg.train.ckpt_every == 0 or state.step == total:
+                if info.is_main:
+                    last_path = _save(out, cfg, meta, state, gen, disc, family, ema)
+                barrier(info)
+            if info.is_main and data.val and (state.step % cfg.train.val_every == 0 or state.step == total):
+                _validate(out, cfg, meta, ema, family, data, cache, template, writer, state.step, device)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if last_path is None:
+            last_path = ckpt.latest_checkpoint(out)
+        return Path(last_path) if last_path else out
+    finally:
+        shutdown(info)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    # One line per step, appended and flushed: a crash loses at most the current line,
+    # and a resumed run drops lines beyond its checkpoint before appending (see train()).
+    import json
+
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Keep only the records up to ``step`` (a resumed run rewrites what follows)."""
+    import json
+
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _lung_channel_indices(cfg: Config, names: list[str]) -> list[int]:
+    return [names.index(n) for n in cfg.data.lung_labels if n in names]
+
+
+def _save(out, cfg, meta, state, gen, disc, family, ema) -> Path:
+    payload = {
+        "config": cfg.to_dict(),
+        "step": state.step,
+        "meta": meta.to_dict(),
+        "models": {"generator": _unwrap(gen).state_dict(), **({"discriminator": _unwrap(disc).state_dict()} if disc is not None else {})},
+        "optimizers": family.optimizer_states(),
+        "ema": ema.state_dict(),
+        "rng": {
+            "sampler": _rng_state(state.sampler_rng),
+            "prompt": _rng_state(state.prompt_rng),
+            "torch_gen": state.torch_gen.get_state(),
+            "torch": torch.get_rng_state(),
+        },
+    }
+    path = ckpt.save_checkpoint(out / "checkpoints" / ckpt.checkpoint_name(state.step), payload)
+    ckpt.prune_checkpoints(out, cfg.train.keep_last)
+    return path
+
+
+@torch.no_grad()
+def _validate(out, cfg, meta, ema, family, data, cache, template, writer, step, device) -> None:
+    """Generate the first validation subject with EMA weights; NIfTI in HU on its source grid."""
+    from unveil.data.io import write_volume
+    from unveil.data.preprocess import Preprocessor
+    from unveil.infer.generate import generate_prepared
+
+    subj = data.val[0]
+    enc = cache.get([template.render(subj.row)])
+    cond = TextCondition(enc.tokens, enc.mask, enc.pooled, torch.zeros(1, dtype=torch.bool))
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    noise = torch.randn((1, 1, *subj.prepared.image.shape[-3:]), generator=gen)
+    with ema.average_parameters(_unwrap(family.generator)):
+        model = _unwrap(family.generator).eval()
+        fake = generate_prepared(model, cfg, subj.prepared, cond.to(device), noise.to(device), device)
+        model.train()
+    pre = Preprocessor(cfg.preprocess, cfg.data)
+    vol = pre.to_source(fake[0].cpu(), subj.prepared, is_unit=True)
+    write_volume(vol, out / "samples" / f"step-{step:08d}_{subj.id}.nii.gz")
+    if writer is not None:
+        z = fake.shape[-1] // 2
+        real = subj.prepared.image[0, :, :, z]
+        img = torch.cat([real.cpu(), fake[0, 0, :, :, z].cpu()], dim=1)
+        writer.add_image("val/real_vs_generated", ((img + 1) / 2).clamp(0, 1).unsqueeze(0), step)
+
+
+# ------------------------------------------------------------------------------ families
+
+
+class _Family:
+    generator: nn.Module
+
+    def wrap_ddp(self, info: DistInfo) -> None:
+        self.info = info
+        self._ddp = {}
+        if info.enabled:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            for name in self.modules():
+                # Which parameters take part varies by batch (the learned null condition only
+                # when a prompt is dropped), so DDP must look for unused ones each step.
+                self._ddp[name] = nn.parallel.DistributedDataParallel(
+                    getattr(self, name), device_ids=ids, find_unused_parameters=True
+                )
+
+    def ddp(self, name: str) -> nn.Module:
+        return getattr(self, "_ddp", {}).get(name, getattr(self, name))
+
+    def modules(self) -> list[str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _micro_context(mod: nn.Module, last: bool):
+        # Gradient accumulation: only the last micro-batch all-reduces.
+        if isinstance(mod, nn.parallel.DistributedDataParallel) and not last:
+            return mod.no_sync()
+        return contextlib.nullcontext()
+
+
+class DiffusionFamily(_Family):
+    def __init__(self, cfg: Config, gen: nn.Module) -> None:
+        from unveil.generative.diffusion import DiffusionProcess
+
+        self.process = DiffusionProcess(cfg.diffusion)
+        self.generator = gen
+        self.opt = torch.optim.AdamW(gen.parameters(), lr=cfg.diffusion.lr, weight_decay=0.0)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
+        self.grad_clip = cfg.train.grad_clip
+
+    def modules(self) -> list[str]:
+        return ["generator"]
+
+    def step(self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device) -> dict[str, float]:
+        model = self.ddp("generator")
+        self.opt.zero_grad(set_to_none=True)
+        accum = cfg.train.grad_accum
+        total = 0.0
+        for micro in range(accum):
+            x0, mask, cond = next_batch()
+            # Drawn for the global batch, then sliced: N ranks reproduce one process.
+            noise = torch.randn((global_bs, *x0.shape[1:]), generator=g)[shard].to(device)
+            t = self.process.sample_timesteps(global_bs, g, torch.empty(0))[shard].to(device)
+            with self._micro_context(model, micro == accum - 1), _autocast(cfg, device):
+                loss, _ = self.process.training_loss(model, x0, mask, cond, noise=noise, t=t)
+            self.scaler.scale(loss / accum).backward()
+            total += float(loss.detach()) / accum
+        self.scaler.unscale_(self.opt)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"loss": total}
+
+    def optimizer_states(self) -> dict[str, Any]:
+        return {"generator": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_optimizers(self, st: dict[str, Any]) -> None:
+        self.opt.load_state_dict(st["generator"])
+        self.scaler.load_state_dict(st["scaler"])
+
+
+class GanFamily(_Family):
+    def __init__(self, cfg: Config, gen: nn.Module, disc: nn.Module) -> None:
+        from unveil.generative.gan import GanProcess, make_gan_optimizers
+
+        self.process = GanProcess(cfg.gan)
+        self.generator, self.discriminator = gen, disc
+        self.opt_g, self.opt_d = make_gan_optimizers(gen, disc, cfg.gan)
+        self.scaler_g = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
+        self.scaler_d = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
+        self.noise_input = cfg.model.noise_input
+        self.grad_clip = cfg.train.grad_clip
+
+    def modules(self) -> list[str]:
+        return ["generator", "discriminator"]
+
+    def step(self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device) -> dict[str, float]:
+        accum = cfg.train.grad_accum
+        batches = []
+        for _ in range(accum):
+            real, mask, cond = next_batch()
+            noise = None
+            if self.noise_input:
+                noise = torch.randn((global_bs, 1, *real.shape[2:]), generator=g)[shard].to(device)
+            batches.append((real, mask, cond, noise))
+        logs: dict[str, float] = {}
+        # Discriminator update: the generator runs unwrapped under no_grad inside the loss,
+        # so its DDP reducer is not involved.
+        d = self.ddp("discriminator")
+        self.opt_d.zero_grad(set_to_none=True)
+        for i, (real, mask, cond, noise) in enumerate(batches):
+            with self._micro_context(d, i == accum - 1), _autocast(cfg, device):
+                loss_d, ld = self.process.discriminator_loss(self.generator, d, real, mask, cond, noise=noise)
+            self.scaler_d.scale(loss_d / accum).backward()
+            for k, v in ld.items():
+                logs[k] = logs.get(k, 0.0) + v / accum
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        # Generator update: the discriminator is frozen and called unwrapped, so it gets no
+        # gradients and its DDP reducer does not wait for any.
+        gm = self.ddp("generator")
+        self.discriminator.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        try:
+            for i, (real, mask, cond, noise) in enumerate(batches):
+                with self._micro_context(gm, i == accum - 1), _autocast(cfg, device):
+                    loss_g, lg = self.process.generator_loss(gm, self.discriminator, real, mask, cond, noise=noise)
+                self.scaler_g.scale(loss_g / accum).backward()
+                for k, v in lg.items():
+                    logs[k] = logs.get(k, 0.0) + v / accum
+        finally:
+            self.discriminator.requires_grad_(True)
+        if self.grad_clip:
+            self.scaler_g.unscale_(self.opt_g)
+            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        return logs
+
+    def optimizer_states(self) -> dict[str, Any]:
+        return {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict(),
+                "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict()}
+
+    def load_optimizers(self, st: dict[str, Any]) -> None:
+        self.opt_g.load_state_dict(st["generator"])
+        self.opt_d.load_state_dict(st["discriminator"])
+        self.scaler_g.load_state_dict(st["scaler_g"])
+        self.scaler_d.load_state_dict(st["scaler_d"])
+
+
+def _make_family(cfg: Config, gen: nn.Module, disc: nn.Module | None) -> _Family:
+    if cfg.model.family == "diffusion":
+        return DiffusionFamily(cfg, gen)
+    assert disc is not None
+    return GanFamily(cfg, gen, disc)
