@@ -1,0 +1,627 @@
+"""Figures for the report: slice panels, an animated GIF, region bar charts, recovery plot.
+
+Every function returns encoded image bytes (PNG or GIF) so the report can embed them as
+``data:`` URIs; nothing is written to disk here.
+
+Matplotlib is used through :class:`matplotlib.figure.Figure` and the Agg canvas directly,
+never through ``pyplot``: that selects the Agg backend for these figures only, inside the
+functions, without changing the process-wide backend or keeping figures alive in
+pyplot's registry.  The GIF is assembled with Pillow from colour-mapped arrays (no
+matplotlib figure per frame), which is about a hundred times faster.
+
+Orientation (what a radiologist expects):
+
+- volumes are first reoriented to RAS with nibabel (:func:`to_ras`), whatever the array
+  order on disk, using the axis codes of the affine (``io_orientation``: the closest
+  axis-aligned orientation, so a slightly oblique scan is shown on its nearest plane);
+- **axial** slices are shown in the radiological convention, as if looking up from the
+  patient's feet: anterior at the top, the patient's right on the image left;
+- **coronal** slices as if facing the patient: superior at the top, patient's right on the
+  image left;
+- **sagittal** slices with superior at the top and anterior on the image left.
+
+Pixel aspect follows the voxel spacing, so anisotropic scans are not distorted.  Letters
+at the panel edges (R/L, A/P, S/I) say which side is which.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: Axis of the RAS array that each view cuts across.
+VIEW_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+#: Edge letters of each view: (top, bottom, left, right) of the displayed image.
+_VIEW_LETTERS: dict[str, tuple[str, str, str, str]] = {
+    "axial": ("A", "P", "R", "L"),
+    "coronal": ("S", "I", "R", "L"),
+    "sagittal": ("S", "I", "A", "P"),
+}
+
+#: GIF palette size: grey levels plus the diverging map need about a hundred colours; a
+#: smaller palette compresses much better and the loss is not visible at this size.
+PALETTE_COLOURS = 128
+
+#: Diverging colour map for differences: blue = lower HU, red = higher HU, white = 0.
+DIFF_CMAP = "RdBu_r"
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Reorient a volume to RAS (index increasing towards Right, Anterior, Superior).
+
+    Args:
+        array: ``(X, Y, Z)`` in any axis order / flips.
+        affine: ``(4, 4)`` voxel -> RAS+ mm.
+
+    Returns:
+        ``(array_ras, spacing_ras)``: the reoriented array ``(R, A, S)`` (a view where
+        possible) and its voxel size in mm along those axes.
+    """
+    import nibabel as nib
+
+    affine = np.asarray(affine, dtype=np.float64)
+    ornt = nib.orientations.io_orientation(affine)
+    out = nib.orientations.apply_orientation(np.asarray(array), ornt)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    # ornt[i, 0] is the output axis that input axis i goes to.
+    ras_spacing = [0.0, 0.0, 0.0]
+    for i in range(3):
+        ras_spacing[int(ornt[i, 0])] = float(spacing[i])
+    return out, tuple(ras_spacing)  # type: ignore[return-value]
+
+
+def view_slice(array_ras: np.ndarray, view: str, index: int) -> np.ndarray:
+    """One slice of a RAS array as a display image (row 0 at the top, column 0 on the left).
+
+    Args:
+        array_ras: ``(R, A, S)`` array from :func:`to_ras`.
+        view: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        index: slice index along the cut axis (S for axial, A for coronal, R for sagittal).
+
+    Returns:
+        2D array ``(rows, cols)``: axial ``(A, R)`` with anterior at row 0 and patient right
+        at column 0; coronal ``(S, R)`` with superior at row 0, right at column 0; sagittal
+        ``(S, A)`` with superior at row 0, anterior at column 0.
+    """
+    axis = _view_axis(view)
+    s = np.take(array_ras, int(index), axis=axis)
+    # After taking the slice the remaining axes are in RAS order; transpose so rows run
+    # along the vertical anatomical axis, then flip both so that the larger coordinate
+    # (anterior / superior rows, right columns) comes first.
+    return s.T[::-1, ::-1]
+
+
+def _view_axis(view: str) -> int:
+    if view not in VIEW_AXES:
+        raise ValueError(f"view must be one of {', '.join(VIEW_AXES)}, got {view!r}")
+    return VIEW_AXES[view]
+
+
+def _view_aspect(spacing_ras: Sequence[float], view: str) -> float:
+    """Pixel height / width in mm of :func:`view_slice` images."""
+    axes = [a for a in range(3) if a != _view_axis(view)]
+    col_axis, row_axis = axes[0], axes[1]
+    return float(spacing_ras[row_axis]) / float(spacing_ras[col_axis])
+
+
+def lung_centre(mask_ras: np.ndarray) -> tuple[int, int, int]:
+    """Voxel index (in the RAS grid) of the centroid of a boolean mask; grid centre if empty.
+
+    Args:
+        mask_ras: bool ``(R, A, S)``.
+    """
+    idx = np.argwhere(mask_ras)
+    if idx.size == 0:
+        return tuple(int(s // 2) for s in mask_ras.shape)  # type: ignore[return-value]
+    c = np.rint(idx.mean(axis=0)).astype(int)
+    return tuple(int(v) for v in c)  # type: ignore[return-value]
+
+
+def strongest_slice(diff_ras: np.ndarray, mask_ras: np.ndarray | None, view: str) -> int:
+    """Index of the slice of ``view`` with the largest mean ``|diff|`` inside the mask.
+
+    Args:
+        diff_ras: ``(R, A, S)`` difference map in HU.
+        mask_ras: bool ``(R, A, S)`` (the lungs) or None for the whole slice.
+        view: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+
+    A slice through the lung centre can miss an effect confined to one zone (an upper-lung
+    shift is invisible on the mid-lung axial slice), so the report also shows this one.
+    Slices without mask voxels are never chosen when the mask has any.
+    """
+    axis = _view_axis(view)
+    d = np.abs(np.nan_to_num(np.asarray(diff_ras, dtype=np.float64)))
+    other = tuple(a for a in range(3) if a != axis)
+    if mask_ras is not None and np.any(mask_ras):
+        m = np.asarray(mask_ras, dtype=bool)
+        count = m.sum(axis=other)
+        total = np.where(m, d, 0.0).sum(axis=other)
+        score = np.where(count > 0, total / np.maximum(count, 1), -1.0)
+    else:
+        score = d.mean(axis=other)
+    return int(np.argmax(score))
+
+
+def robust_diff_range(
+    diff_hu: np.ndarray, mask: np.ndarray | None = None, q: float = 99.0
+) -> float:
+    """Symmetric colour limit for a difference map: the ``q``-th percentile of ``|diff|``.
+
+    Taken inside ``mask`` when it has voxels (the lungs: that is where effects are read), at
+    least 1 HU so a pure-noise map is not stretched into apparent structure.
+    """
+    d = np.abs(np.asarray(diff_hu, dtype=np.float64))
+    if mask is not None and np.any(mask):
+        d = d[np.asarray(mask, dtype=bool)]
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return 1.0
+    return max(1.0, float(np.percentile(d, q)))
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _new_figure(width: float, height: float, layout: str | None = "constrained"):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    # No Software metadata: the report must not carry any URL, even inside an image chunk.
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- slice panels
+
+
+def slice_panel(
+    factual_hu: np.ndarray,
+    edited_hu: np.ndarray,
+    diff_hu: np.ndarray,
+    axis: str,
+    index: int | None = None,
+    hu_window: tuple[float, float] = (-1000, 500),
+    diff_range: float | None = None,
+    affine: np.ndarray | None = None,
+    titles: tuple[str, str, str] = ("factual", "counterfactual", "difference"),
+) -> bytes:
+    """Factual, counterfactual and difference slices side by side, as PNG bytes.
+
+    Args:
+        factual_hu, edited_hu, diff_hu: volumes ``(X, Y, Z)`` in HU on one grid.
+        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        index: slice index along that axis *in the RAS grid* (see :func:`to_ras`; use
+            :func:`lung_centre` on the reoriented mask); default the middle slice.
+        hu_window: fixed grey window (HU) of the first two panels, the same for every
+            subject so that intensities compare across images.
+        diff_range: the difference colour map spans ``[-diff_range, +diff_range]`` HU,
+            symmetric around 0 (default :func:`robust_diff_range` of ``diff_hu``).
+        affine: ``(4, 4)`` voxel -> RAS mm of the volumes; when given they are reoriented
+            to RAS first and drawn with the physical pixel aspect; when None they are
+            taken to be RAS already with isotropic voxels.
+        titles: the three panel titles.
+
+    Returns:
+        PNG bytes: grey panels with a colour bar labelled ``HU``, a diverging difference
+        panel with a colour bar labelled ``HU difference``.
+    """
+    vols = [np.asarray(v, dtype=np.float32) for v in (factual_hu, edited_hu, diff_hu)]
+    if not (vols[0].shape == vols[1].shape == vols[2].shape) or vols[0].ndim != 3:
+        raise ValueError(
+            f"factual, edited and diff must be 3D volumes of one shape, got "
+            f"{[v.shape for v in vols]}"
+        )
+    if affine is not None:
+        ras = [to_ras(v, affine) for v in vols]
+        vols = [r[0] for r in ras]
+        spacing = ras[0][1]
+    else:
+        spacing = (1.0, 1.0, 1.0)
+    ax_i = _view_axis(axis)
+    n = vols[0].shape[ax_i]
+    index = n // 2 if index is None else int(np.clip(index, 0, n - 1))
+    if diff_range is None:
+        diff_range = robust_diff_range(vols[2])
+    diff_range = float(diff_range) if diff_range and diff_range > 0 else 1.0
+    imgs = [view_slice(v, axis, index) for v in vols]
+    aspect = _view_aspect(spacing, axis)
+    lo, hi = float(hu_window[0]), float(hu_window[1])
+
+    rows, cols = imgs[0].shape
+    # Panel sizes in inches from the physical shape of the slice (at most 3 in tall and
+    # 4.5 in wide), and axes placed explicitly rather than by the "constrained" solver:
+    # the shapes are known, and the solver would double the drawing time of the report.
+    img_h = 3.0
+    img_w = img_h * cols / max(1e-6, rows * aspect)
+    if img_w > 4.5:
+        img_w, img_h = 4.5, 4.5 * rows * aspect / cols
+    img_w = max(img_w, 0.8)
+    gap, cb_w, cb_room, margin, top_room = 0.08, 0.14, 0.75, 0.1, 0.62
+    slot = img_w + gap + cb_w + cb_room
+    fig_w, fig_h = margin + 3 * slot, img_h + top_room + margin
+    fig = _new_figure(fig_w, fig_h, layout=None)
+    axes, caxes = [], []
+    for p in range(3):
+        x0 = margin + p * slot
+        axes.append(fig.add_axes((x0 / fig_w, margin / fig_h, img_w / fig_w, img_h / fig_h)))
+        caxes.append(
+            fig.add_axes(((x0 + img_w + gap) / fig_w, margin / fig_h, cb_w / fig_w, img_h / fig_h))
+        )
+    specs = [
+        (imgs[0], "gray", lo, hi, "HU"),
+        (imgs[1], "gray", lo, hi, "HU"),
+        (imgs[2], DIFF_CMAP, -diff_range, diff_range, "HU difference"),
+    ]
+    top, bottom, left, right = _VIEW_LETTERS[axis]
+    from matplotlib import patheffects
+
+    # Yellow letters with a black outline stay legible on black lungs and on a white
+    # (zero) difference panel alike.
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    for ax, cax, (img, cmap, vmin, vmax, label), title in zip(
+        axes, caxes, specs, titles, strict=True
+    ):
+        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+        ax.set_title(textwrap.fill(title, width=max(14, int(img_w * 13))), fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for (x, y, ha, va), letter in zip(
+            [
+                (0.5, 0.98, "center", "top"),
+                (0.5, 0.02, "center", "bottom"),
+                (0.02, 0.5, "left", "center"),
+                (0.98, 0.5, "right", "center"),
+            ],
+            (top, bottom, left, right),
+            strict=True,
+        ):
+            ax.text(
+                x,
+                y,
+                letter,
+                transform=ax.transAxes,
+                ha=ha,
+                va=va,
+                fontsize=8,
+                color="yellow",
+                fontweight="bold",
+                path_effects=outline,
+            )
+        cb = fig.colorbar(im, cax=cax)
+        cb.set_label(label, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+    fig.suptitle(
+        f"{axis} slice {index + 1}/{n}; window {lo:g} to {hi:g} HU; "
+        f"difference \u00b1{diff_range:.3g} HU",
+        fontsize=9,
+        y=1 - 0.04 / fig_h,
+        va="top",
+    )
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- GIF
+
+
+def _grey_rgb(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    g = np.clip((img - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    g = np.nan_to_num(g)
+    u8 = (g * 255.0 + 0.5).astype(np.uint8)
+    return np.repeat(u8[..., None], 3, axis=-1)
+
+
+def _diff_rgb(img: np.ndarray, diff_range: float) -> np.ndarray:
+    import matplotlib
+
+    cmap = matplotlib.colormaps[DIFF_CMAP]
+    t = np.nan_to_num(np.clip((img / diff_range + 1.0) / 2.0, 0.0, 1.0), nan=0.5)
+    return (cmap(t)[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def slices_gif(
+    factual_hu: np.ndarray,
+    edited_hu: np.ndarray,
+    diff_hu: np.ndarray,
+    affine: np.ndarray | None = None,
+    hu_window: tuple[float, float] = (-1000, 500),
+    diff_range: float | None = None,
+    mask: np.ndarray | None = None,
+    panel_px: int = 128,
+    max_frames: int = 40,
+    frame_ms: int = 150,
+    max_bytes: int = 2_000_000,
+) -> bytes:
+    """An animated GIF through the axial slices: factual | counterfactual | difference.
+
+    Args:
+        factual_hu, edited_hu, diff_hu: ``(X, Y, Z)`` HU volumes on one grid.
+        affine: ``(4, 4)`` voxel -> RAS mm (reorient to RAS and keep the physical aspect);
+            None: the arrays are RAS with isotropic voxels.
+        hu_window: fixed grey window of the first two panels.
+        diff_range: difference colours span ``[-diff_range, diff_range]`` HU (default
+            :func:`robust_diff_range` inside ``mask``).
+        mask: optional bool ``(X, Y, Z)`` (the lungs): frames are limited to the slices
+            that contain it (plus a small margin), where the effects are read.
+        panel_px: longest side of each panel in pixels (panels are downscaled to keep the
+            file small).
+        max_frames: at most this many frames (slices are sub-sampled evenly).
+        frame_ms: display time of each frame.
+        max_bytes: if the GIF is larger, it is rebuilt with smaller panels and fewer frames.
+
+    Returns:
+        GIF bytes, looping forever, one frame per shown slice (at least two frames when
+        the volume has more than one axial slice).
+    """
+    from PIL import Image, ImageDraw
+
+    vols = [np.asarray(v, dtype=np.float32) for v in (factual_hu, edited_hu, diff_hu)]
+    if not (vols[0].shape == vols[1].shape == vols[2].shape) or vols[0].ndim != 3:
+        raise ValueError(
+            f"factual, edited and diff must be 3D volumes of one shape, got "
+            f"{[v.shape for v in vols]}"
+        )
+    m = None if mask is None else np.asarray(mask, dtype=bool)
+    if affine is not None:
+        vols = [to_ras(v, affine)[0] for v in vols]
+        spacing = _ras_spacing(affine)
+        if m is not None:
+            m = to_ras(m, affine)[0]
+    else:
+        spacing = (1.0, 1.0, 1.0)
+    if diff_range is None:
+        diff_range = robust_diff_range(vols[2], m)
+    lo, hi = float(hu_window[0]), float(hu_window[1])
+
+    nz = vols[0].shape[2]
+    z0, z1 = 0, nz - 1
+    if m is not None and m.any():
+        zs = np.nonzero(m.any(axis=(0, 1)))[0]
+        margin = max(1, (zs[-1] - zs[0]) // 10)
+        z0, z1 = max(0, int(zs[0]) - margin), min(nz - 1, int(zs[-1]) + margin)
+
+    # Physical size of an axial image: columns along R (x spacing), rows along A.
+    rows, cols = vols[0].shape[1], vols[0].shape[0]
+    height_mm, width_mm = rows * spacing[1], cols * spacing[0]
+
+    def build(px: int, frames_wanted: int) -> bytes:
+        scale = px / max(height_mm, width_mm)
+        w = max(8, int(round(width_mm * scale)))
+        h = max(8, int(round(height_mm * scale)))
+        label_h = 14
+        zidx = np.unique(
+            np.linspace(z0, z1, num=min(frames_wanted, z1 - z0 + 1)).round().astype(int)
+        )
+        if zidx.size < 2 and nz > 1:
+            zidx = np.array([0, nz - 1])
+        frames = []
+        for k in zidx:
+            sl = [view_slice(v, "axial", int(k)) for v in vols]
+            rgb = [_grey_rgb(sl[0], lo, hi), _grey_rgb(sl[1], lo, hi), _diff_rgb(sl[2], diff_range)]
+            canvas = Image.new("RGB", (3 * w + 4, h + label_h), (0, 0, 0))
+            for p, arr in enumerate(rgb):
+                tile = Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR)
+                canvas.paste(tile, (p * (w + 2), label_h))
+            draw = ImageDraw.Draw(canvas)
+            draw.text((2, 1), f"factual  z {k + 1}/{nz}", fill=(255, 255, 255))
+            draw.text((w + 4, 1), "counterfactual", fill=(255, 255, 255))
+            draw.text(
+                (2 * w + 6, 1),
+                f"diff \u00b1{diff_range:.3g}".replace("\u00b1", "+/-"),
+                fill=(255, 255, 255),
+            )
+            frames.append(canvas)
+        # One shared palette (from a montage of a few frames) so colours do not flicker
+        # between frames, and no dithering so the frames compress well.
+        sample = frames[:: max(1, len(frames) // 6)]
+        montage = Image.new("RGB", (frames[0].width, frames[0].height * len(sample)))
+        for i, f in enumerate(sample):
+            montage.paste(f, (0, i * f.height))
+        palette = montage.quantize(colors=PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)
+        pal_frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+        buf = io.BytesIO()
+        pal_frames[0].save(
+            buf,
+            format="GIF",
+            save_all=True,
+            append_images=pal_frames[1:],
+            duration=int(frame_ms),
+            loop=0,
+            disposal=1,
+            optimize=False,
+        )
+        return buf.getvalue()
+
+    px, n_frames = int(panel_px), int(max_frames)
+    data = build(px, n_frames)
+    while len(data) > max_bytes and (px > 48 or n_frames > 8):
+        px, n_frames = max(48, int(px * 0.75)), max(8, int(n_frames * 0.75))
+        data = build(px, n_frames)
+    return data
+
+
+def _ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    return to_ras(np.zeros((1, 1, 1), dtype=np.uint8), affine)[1]
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _f(v: Any) -> float:
+    """A float from a JSON/CSV cell; NaN for empty or missing."""
+    if v is None:
+        return math.nan
+    if isinstance(v, bool):
+        return float(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _truthy(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else False
+
+
+def region_order(regions: Sequence[str]) -> list[str]:
+    """Regions in the vocabulary order of :data:`unveil.data.regions.REGIONS`, others after."""
+    from unveil.data.regions import REGIONS
+
+    known = [r for r in REGIONS if r in regions]
+    rest = [r for r in dict.fromkeys(regions) if r not in REGIONS]
+    return known + rest
+
+
+def region_bars(
+    cohort_rows: Sequence[Mapping[str, Any]],
+    contrast: str,
+    recovery_rows: Sequence[Mapping[str, Any]] | None = None,
+) -> bytes:
+    """Mean difference per region with 95% CI, noise floor band and planted markers (PNG).
+
+    Args:
+        cohort_rows: rows of ``cohort_stats`` (keys ``contrast, region, mean_diff_hu,
+            ci_low, ci_high, floor_mean_hu, floor_sd_hu, q_value, significant``).
+        contrast: the edit whose rows are drawn.
+        recovery_rows: optional ``recovery`` rows (``contrast, region, planted_hu``); the
+            planted value of each region is drawn as a black diamond.
+
+    Returns:
+        PNG bytes: one horizontal bar per region (significant regions in a strong colour
+        and starred with their q), the noise floor (mean +/- SD across subjects) as a grey
+        band behind each bar, a vertical line at 0 HU.
+    """
+    rows = [r for r in cohort_rows if str(r.get("contrast")) == contrast]
+    if not rows:
+        raise ValueError(f"no cohort rows for contrast {contrast!r}")
+    by_region = {str(r["region"]): r for r in rows}
+    regions = region_order(list(by_region))
+    planted = {
+        str(r["region"]): _f(r.get("planted_hu"))
+        for r in (recovery_rows or ())
+        if str(r.get("contrast")) == contrast
+    }
+
+    n = len(regions)
+    fig = _new_figure(7.0, 1.2 + 0.38 * n)
+    ax = fig.subplots()
+    ys = np.arange(n)[::-1]  # first region at the top
+    means = np.array([_f(by_region[g].get("mean_diff_hu")) for g in regions])
+    lo = np.array([_f(by_region[g].get("ci_low")) for g in regions])
+    hi = np.array([_f(by_region[g].get("ci_high")) for g in regions])
+    lo = np.where(np.isfinite(lo), lo, means)
+    hi = np.where(np.isfinite(hi), hi, means)
+    sig = [_truthy(by_region[g].get("significant")) for g in regions]
+    fm = np.array([_f(by_region[g].get("floor_mean_hu")) for g in regions])
+    fs = np.array([_f(by_region[g].get("floor_sd_hu")) for g in regions])
+
+    for y, m_, s_ in zip(ys, fm, fs, strict=True):
+        if np.isfinite(m_) and np.isfinite(s_):
+            ax.barh(y, 2 * s_, left=m_ - s_, height=0.86, color="0.85", zorder=0)
+    colours = ["#b2182b" if s else "#9ecae1" for s in sig]
+    safe_means = np.nan_to_num(means)
+    ax.barh(ys, safe_means, height=0.55, color=colours, zorder=2)
+    err = np.vstack([np.clip(safe_means - lo, 0, None), np.clip(hi - safe_means, 0, None)])
+    err = np.nan_to_num(err)
+    ax.errorbar(safe_means, ys, xerr=err, fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
+    has_planted = False
+    for y, g in zip(ys, regions, strict=True):
+        p = planted.get(g, math.nan)
+        if np.isfinite(p):
+            ax.plot([p], [y], marker="D", color="black", markersize=5, zorder=4, ls="none")
+            has_planted = True
+    span = np.nanmax(np.abs(np.concatenate([lo, hi, safe_means, fm - fs, fm + fs, [1.0]])))
+    for y, g, s, h in zip(ys, regions, sig, hi, strict=True):
+        if s:
+            q = _f(by_region[g].get("q_value"))
+            ax.text(max(h, 0) + 0.03 * span, y, f"* q{_fmt_q(q)}", va="center", fontsize=8)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(regions, fontsize=9)
+    ax.set_xlabel("mean difference, counterfactual \u2212 factual (HU), 95% CI")
+    ax.set_xlim(-1.25 * span, 1.35 * span)
+    ax.set_title(contrast, fontsize=10)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color="#b2182b", label="significant after FDR"),
+        Patch(color="#9ecae1", label="not significant"),
+        Patch(color="0.85", label="noise floor (mean \u00b1 SD)"),
+    ]
+    if has_planted:
+        handles.append(Line2D([], [], marker="D", color="black", ls="none", label="planted"))
+    # Below the axes, so the legend never hides a bar.
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=len(handles))
+    return _png(fig)
+
+
+def recovery_plot(recovery_rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Planted against recovered HU with 95% CIs, the identity line and a +/-30% band (PNG).
+
+    Args:
+        recovery_rows: rows with ``contrast, region, planted_hu, recovered_hu, ci_low,
+            ci_high``; one point per row, one colour per contrast.
+    """
+    rows = [r for r in recovery_rows if np.isfinite(_f(r.get("planted_hu")))]
+    if not rows:
+        raise ValueError("no recovery rows with a planted value")
+    fig = _new_figure(5.2, 4.6)
+    ax = fig.subplots()
+    x = np.array([_f(r.get("planted_hu")) for r in rows])
+    y = np.array([_f(r.get("recovered_hu")) for r in rows])
+    lo = np.array([_f(r.get("ci_low")) for r in rows])
+    hi = np.array([_f(r.get("ci_high")) for r in rows])
+    lo = np.where(np.isfinite(lo), lo, y)
+    hi = np.where(np.isfinite(hi), hi, y)
+    span = float(np.nanmax(np.abs(np.concatenate([x, y, lo, hi, [1.0]])))) * 1.15
+    line = np.array([-span, span])
+    ax.fill_between(line, 0.7 * line, 1.3 * line, color="0.9", label="\u00b130% of planted")
+    ax.plot(line, line, color="black", lw=0.8, label="recovered = planted")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    contrasts = list(dict.fromkeys(str(r.get("contrast")) for r in rows))
+    for ci, c in enumerate(contrasts):
+        sel = np.array([str(r.get("contrast")) == c for r in rows])
+        yy = np.nan_to_num(y[sel])
+        err = np.nan_to_num(
+            np.vstack([np.clip(yy - lo[sel], 0, None), np.clip(hi[sel] - yy, 0, None)])
+        )
+        ax.errorbar(x[sel], yy, yerr=err, fmt="o", ms=4, capsize=2, color=cmap(ci % 10), label=c)
+    ax.set_xlim(-span, span)
+    ax.set_ylim(-span, span)
+    ax.set_aspect("equal")
+    ax.axhline(0, color="0.6", lw=0.5)
+    ax.axvline(0, color="0.6", lw=0.5)
+    ax.set_xlabel("planted shift (HU)")
+    ax.set_ylabel("recovered mean difference (HU), 95% CI")
+    ax.set_title("planted vs recovered, one point per edit and region", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
+def _fmt_q(q: float) -> str:
+    """``<0.001``, ``=0.012``, ``=0.43`` (to follow a ``q``)."""
+    if not np.isfinite(q):
+        return "=n/a"
+    if q < 0.001:
+        return "<0.001"
+    return f"={q:.2g}" if q < 0.1 else f"={q:.2f}"

@@ -1,0 +1,252 @@
+"""Counterfactual pairs: the same mask and the same noise, prompts differing in one field.
+
+For every subject and seed ``k`` we draw ONE noise volume (from ``torch.Generator``
+seeded with ``k``) on the subject's preprocessed grid and generate with it under the
+factual prompt and under every edited prompt, so a pair differs only in the text, by
+construction.  The noise floor is the factual prompt with the noise of seed
+``k + floor_seed_offset``; a null edit (an attribute known to have no effect) is the
+negative control.  With ``from_scan`` (diffusion), the subject's real scan is inverted with
+DDIM under its factual prompt and regenerated from that latent under each prompt, so the
+counterfactual is of the patient's own image.
+
+An optional *baseline* (e.g. ``smoking=never``) is applied to the factual and floor
+prompts and under every edit, so ``--baseline smoking=never --edit smoking=current``
+contrasts never with current for every subject instead of only for those who were not
+current smokers already.
+
+Writes the layout of :mod:`unveil.analysis.layout`; ``counterfactual.json`` is written
+last, so a run without it is incomplete (and ``unveil analyze`` says so).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unveil.conditioning import TextCondition
+from unveil.errors import UnveilError
+
+log = logging.getLogger(__name__)
+
+FLOOR_SEED_OFFSET = 1000
+
+
+def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn((1, 1, *shape), generator=g)
+
+
+def check_text_setup(lm, encoder, template=None) -> None:
+    """Refuse an encoder or template other than the one the checkpoint was trained with."""
+    if encoder.identity != lm.meta.encoder_identity:
+        raise UnveilError(
+            f"checkpoint {lm.path} was trained with text encoder {lm.meta.encoder_name} "
+            f"({lm.meta.encoder_identity[:24]}...) but this installation builds a different one "
+            f"({encoder.identity[:24]}...); use the same encoder weights or retrain."
+        )
+    if template is not None and template.identity() != lm.meta.template_identity:
+        raise UnveilError(
+            f"template {template.name} differs from the one checkpoint {lm.path} was trained with; "
+            "omit --template (the checkpoint's own is used) or retrain with this template."
+        )
+
+
+def subject_ids(cohort, ids: list[str] | None, split: str | None, checkpoint: Path) -> list[str]:
+    """The subjects to generate: explicit ids, a split of the training run, or all."""
+    available = [s.id for s in cohort.subjects]
+    if ids:
+        unknown = [i for i in ids if i not in available]
+        if unknown:
+            raise UnveilError(
+                f"subject(s) {', '.join(unknown[:5])} are not complete subjects of {cohort.root}; "
+                f"run `unveil check {cohort.root}`."
+            )
+        return list(ids)
+    if split:
+        import json
+
+        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        path = Path(cohort.root) / "splits.json"
+        if not path.is_file():
+            path = run_dir / "splits.json"
+        if not path.is_file():
+            raise UnveilError(f"--split {split} needs the training run's splits.json next to {checkpoint}; pass --ids instead.")
+        splits = json.loads(path.read_text())["splits"]
+        if split not in splits:
+            raise UnveilError(f"--split must be one of {', '.join(splits)}, not {split}.")
+        return [i for i in splits[split] if i in available]
+    return available
+
+
+class Generator:
+    """A loaded model ready to turn (prepared subject, prompt, noise) into HU volumes."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", guidance_scale: float | None = None,
+                 steps: int | None = None, template=None) -> None:
+        from unveil.data.preprocess import Preprocessor
+        from unveil.model import load_model
+        from unveil.text.cache import EmbeddingCache
+        from unveil.text.encoders import build_encoder
+
+        self.lm = load_model(checkpoint, device=device)
+        self.cfg = self.lm.cfg
+        self.device = torch.device(device)
+        self.template = self.lm.template()
+        encoder = build_encoder(self.lm.meta.encoder_name, max_length=self.cfg.text.max_length)
+        check_text_setup(self.lm, encoder, template)
+        self.cache = EmbeddingCache(encoder, cache_dir=None)
+        self.pre = Preprocessor(self.cfg.preprocess, self.cfg.data)
+        self.guidance_scale = guidance_scale
+        self.steps = steps
+
+    def condition(self, prompt: str) -> TextCondition:
+        enc = self.cache.get([prompt])
+        return TextCondition(enc.tokens, enc.mask, enc.pooled, torch.zeros(1, dtype=torch.bool)).to(self.device)
+
+    @torch.no_grad()
+    def generate(self, prepared, prompt: str, noise: torch.Tensor) -> torch.Tensor:
+        """``(1, 1, X', Y', Z')`` in [-1, 1] on the preprocessed grid."""
+        from unveil.infer.generate import generate_prepared
+
+        return generate_prepared(self.lm.generator, self.cfg, prepared, self.condition(prompt), noise,
+                                 self.device, guidance_scale=self.guidance_scale, steps=self.steps)
+
+    @torch.no_grad()
+    def invert(self, prepared, prompt: str) -> torch.Tensor:
+        """DDIM inversion of the real (preprocessed) scan under ``prompt`` -> ``x_T``."""
+        from unveil.generative.diffusion import DiffusionProcess
+        from unveil.infer.sliding import windowed
+
+        if self.cfg.model.family != "diffusion":
+            raise UnveilError("--from-scan inverts a diffusion model; this checkpoint is a GAN.")
+        process = DiffusionProcess(self.cfg.diffusion)
+        cond = self.condition(prompt)
+        mask = prepared.mask.unsqueeze(0).to(self.device)
+        run = windowed(self.lm.generator, self.cfg.preprocess.patch_size, self.cfg.infer.overlap,
+                       self.cfg.infer.sw_batch_size, self.cfg.infer.blend)
+        return process.invert(lambda x, t: run(x, mask, t, cond), prepared.image.unsqueeze(0).to(self.device),
+                              steps=self.steps)
+
+    def to_hu(self, fake: torch.Tensor, prepared):
+        return self.pre.to_source(fake[0].cpu(), prepared, is_unit=True)
+
+
+def run_counterfactual(
+    checkpoint: str | Path,
+    cohort_root: str | Path,
+    out: str | Path,
+    edits: list[str],
+    null_edits: list[str] = (),
+    baseline: list[str] = (),
+    seeds: int = 3,
+    ids: list[str] | None = None,
+    split: str | None = None,
+    from_scan: bool = False,
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Generate the factual / edited / noise-floor volumes of every subject and seed."""
+    from tqdm.auto import tqdm
+
+    from unveil.analysis.layout import RUN_JSON, RunLayout, edit_slug
+    from unveil.data.cohort import Cohort
+    from unveil.data.io import write_volume
+    from unveil.fs import write_json
+    from unveil.text.edits import apply_edits, parse_edit
+    from unveil.train.distributed import barrier, init_distributed, shutdown
+
+    out = Path(out)
+    layout = RunLayout(out)
+    if not edits and not null_edits:
+        raise UnveilError("give at least one --edit (for example --edit smoking=current).")
+    if seeds < 1:
+        raise UnveilError("--seeds must be at least 1.")
+    if layout.json_path.exists() and not overwrite:
+        raise UnveilError(f"{out} already holds a counterfactual run; choose another --out or pass --overwrite.")
+    info = init_distributed(device)
+    try:
+        gen = Generator(checkpoint, device=str(info.device), guidance_scale=guidance_scale, steps=steps)
+        template = gen.template
+        parsed = {e: parse_edit(e, template) for e in [*edits, *null_edits]}
+        base = [parse_edit(b, template) for b in baseline]
+        names = [str(parsed[e]) for e in [*edits, *null_edits]]
+        slugs = [edit_slug(n) for n in names]
+        if len(set(slugs)) != len(slugs):
+            raise UnveilError(f"two edits share a file name ({', '.join(names)}); give each edit once.")
+        cohort = Cohort.open(cohort_root, gen.cfg.data)
+        subjects = subject_ids(cohort, ids, split, gen.lm.path)
+        rows = cohort.rows()
+        seed_list = [0] if from_scan else list(range(int(seeds)))
+        mine = subjects[info.rank :: info.world_size]  # subjects sharded over ranks
+        total = len(mine) * len(seed_list) * (2 + len(names))
+        bar = tqdm(total=total, desc="counterfactual", unit="vol", disable=not (progress and info.is_main))
+        for sid in mine:
+            image, mask = cohort.load(sid)
+            prepared = gen.pre.prepare(image, mask)
+            row = apply_edits(rows[sid], base, template) if base else dict(rows[sid])
+            factual_prompt = template.render(row)
+            prompts = {n: template.render(apply_edits(row, [parsed[e]], template))
+                       for n, e in zip(names, [*edits, *null_edits])}
+            latent = gen.invert(prepared, factual_prompt) if from_scan else None
+            for k in seed_list:
+                noise = latent if latent is not None else _noise(prepared.image.shape[-3:], k)
+                write_volume(gen.to_hu(gen.generate(prepared, factual_prompt, noise), prepared), layout.factual(sid, k))
+                bar.update(1)
+                floor_noise = _noise(prepared.image.shape[-3:], k + FLOOR_SEED_OFFSET)
+                write_volume(gen.to_hu(gen.generate(prepared, factual_prompt, floor_noise), prepared), layout.floor(sid, k))
+                bar.update(1)
+                for n in names:
+                    write_volume(gen.to_hu(gen.generate(prepared, prompts[n], noise), prepared), layout.edited(sid, n, k))
+                    bar.update(1)
+        bar.close()
+        barrier(info)
+        if info.is_main:
+            record: dict[str, Any] = {
+                "checkpoint": str(Path(gen.lm.path).resolve()),
+                "cohort": str(Path(cohort_root).resolve()),
+                "family": gen.cfg.model.family,
+                "edits": [str(parsed[e]) for e in edits],
+                "null_edits": [str(parsed[e]) for e in null_edits],
+                "baseline": [str(b) for b in base],
+                "seeds": seed_list,
+                "floor_seed_offset": FLOOR_SEED_OFFSET,
+                "subjects": subjects,
+                "from_scan": bool(from_scan),
+                "guidance_scale": guidance_scale if guidance_scale is not None else gen.cfg.diffusion.guidance_scale,
+                "hu_window": list(gen.cfg.preprocess.hu_window),
+                "config": gen.cfg.to_dict(),
+            }
+            write_json(out / RUN_JSON, record)
+        return out
+    finally:
+        shutdown(info)
+
+
+def generate_cohort(checkpoint: str | Path, cohort_root: str | Path, out: str | Path, ids: list[str] | None = None,
+                    split: str | None = None, seed: int = 0, edits: list[str] = (), device: str = "cpu",
+                    guidance_scale: float | None = None, steps: int | None = None, progress: bool = True) -> list[Path]:
+    """Generate each subject from its own mask and clinical row: ``OUT/<id>.nii.gz`` in HU."""
+    from tqdm.auto import tqdm
+
+    from unveil.data.cohort import Cohort
+    from unveil.data.io import write_volume
+    from unveil.text.edits import apply_edits, parse_edit
+
+    gen = Generator(checkpoint, device=device, guidance_scale=guidance_scale, steps=steps)
+    parsed = [parse_edit(e, gen.template) for e in edits]
+    cohort = Cohort.open(cohort_root, gen.cfg.data)
+    rows = cohort.rows()
+    written = []
+    for sid in tqdm(subject_ids(cohort, ids, split, gen.lm.path), desc="generate", unit="scan", disable=not progress):
+        image, mask = cohort.load(sid)
+        prepared = gen.pre.prepare(image, mask)
+        row = apply_edits(rows[sid], parsed, gen.template) if parsed else rows[sid]
+        fake = gen.generate(prepared, gen.template.render(row), _noise(prepared.image.shape[-3:], seed))
+        written.append(write_volume(gen.to_hu(fake, prepared), Path(out) / f"{sid}.nii.gz"))
+    return written
