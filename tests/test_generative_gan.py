@@ -150,7 +150,7 @@ def test_generator_loss_adds_l1_and_correlation_terms():
     assert logs["g_l1"] == pytest.approx(l1.item(), rel=1e-5)
     assert logs["g_corr"] == pytest.approx(corr.item(), rel=1e-5)
     assert fake.abs().max() <= 1.0
-    assert "g_corr" not in GanProcess(GanConfig())._g_loss_on(disc, real, fake, mask, cond)[1]
+    assert "g_corr" not in GanProcess(GanConfig()).g_loss_on(disc, real, fake, mask, cond)[1]
 
 
 def test_discriminator_sees_text_only_when_configured():

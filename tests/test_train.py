@@ -107,19 +107,20 @@ def test_cli_train_and_inspect(tiny_phantom, tmp_path, capsys):
     assert "model.fusion" in capsys.readouterr().err
 
 
-def _torchrun(nproc: int, cohort: Path, out: Path, batch: int) -> None:
+def _torchrun(nproc: int, cohort: Path, out: Path, batch: int, config: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "unveil", "train", "--config", "tiny-diffusion", "--cohort", str(cohort), "--out", str(out),
+           "-m", "unveil", "train", "--config", config, "--cohort", str(cohort), "--out", str(out),
            "--steps", "3", "--no-progress", f"train.batch_size={batch}", *FAST]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.distributed
-def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(tiny_phantom, tmp_path):
-    _torchrun(1, tiny_phantom, tmp_path / "one", batch=2)
-    _torchrun(2, tiny_phantom, tmp_path / "two", batch=1)
+@pytest.mark.parametrize("config", ["tiny-diffusion", "tiny-gan"])
+def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(tiny_phantom, tmp_path, config):
+    _torchrun(1, tiny_phantom, tmp_path / "one", batch=2, config=config)
+    _torchrun(2, tiny_phantom, tmp_path / "two", batch=1, config=config)
     wa = load_checkpoint(list_checkpoints(tmp_path / "one")[-1])["models"]["generator"]
     wb = load_checkpoint(list_checkpoints(tmp_path / "two")[-1])["models"]["generator"]
     worst = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)

@@ -108,7 +108,7 @@ class GanProcess:
             return -fake_logits.mean()
         return F.mse_loss(fake_logits, torch.ones_like(fake_logits))
 
-    def _d_loss_on(
+    def d_loss_on(
         self,
         discriminator: Network,
         real: torch.Tensor,
@@ -126,7 +126,7 @@ class GanProcess:
         }
         return loss, logs
 
-    def _g_loss_on(
+    def g_loss_on(
         self,
         discriminator: Network,
         real: torch.Tensor,
@@ -169,7 +169,7 @@ class GanProcess:
         """
         with torch.no_grad():
             fake = self.generate(generator, mask, cond, noise)
-        return self._d_loss_on(discriminator, real, fake, mask, cond)
+        return self.d_loss_on(discriminator, real, fake, mask, cond)
 
     def generator_loss(
         self,
@@ -189,7 +189,7 @@ class GanProcess:
             ``(loss, {"g_loss", "g_adv", "g_l1"[, "g_corr"]})``.
         """
         fake = self.generate(generator, mask, cond, noise)
-        return self._g_loss_on(discriminator, real, fake, mask, cond)
+        return self.g_loss_on(discriminator, real, fake, mask, cond)
 
     # ------------------------------------------------------------------ one update
 
@@ -214,7 +214,7 @@ class GanProcess:
         """
         fake = self.generate(generator, mask, cond, noise)
 
-        d_loss, logs = self._d_loss_on(discriminator, real, fake, mask, cond)
+        d_loss, logs = self.d_loss_on(discriminator, real, fake, mask, cond)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
@@ -224,7 +224,7 @@ class GanProcess:
         try:
             for p in params:
                 p.requires_grad_(False)
-            g_loss, g_logs = self._g_loss_on(discriminator, real, fake, mask, cond)
+            g_loss, g_logs = self.g_loss_on(discriminator, real, fake, mask, cond)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()

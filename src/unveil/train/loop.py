@@ -414,13 +414,17 @@ class GanFamily(_Family):
                 noise = torch.randn((global_bs, 1, *real.shape[2:]), generator=g)[shard].to(device)
             batches.append((real, mask, cond, noise))
         logs: dict[str, float] = {}
-        # Discriminator update: the generator runs unwrapped under no_grad inside the loss,
-        # so its DDP reducer is not involved.
-        d = self.ddp("discriminator")
-        self.opt_d.zero_grad(set_to_none=True)
+        gm, d = self.ddp("generator"), self.ddp("discriminator")
+        # The fake of each micro-batch is generated once, with gradients (pix2pix): the
+        # discriminator update sees it detached, the generator update reuses its graph.
+        fakes = []
         for i, (real, mask, cond, noise) in enumerate(batches):
+            with self._micro_context(gm, i == accum - 1), _autocast(cfg, device):
+                fakes.append(self.process.generate(gm, mask, cond, noise))
+        self.opt_d.zero_grad(set_to_none=True)
+        for i, ((real, mask, cond, _), fake) in enumerate(zip(batches, fakes)):
             with self._micro_context(d, i == accum - 1), _autocast(cfg, device):
-                loss_d, ld = self.process.discriminator_loss(self.generator, d, real, mask, cond, noise=noise)
+                loss_d, ld = self.process.d_loss_on(d, real, fake, mask, cond)
             self.scaler_d.scale(loss_d / accum).backward()
             for k, v in ld.items():
                 logs[k] = logs.get(k, 0.0) + v / accum
@@ -428,13 +432,12 @@ class GanFamily(_Family):
         self.scaler_d.update()
         # Generator update: the discriminator is frozen and called unwrapped, so it gets no
         # gradients and its DDP reducer does not wait for any.
-        gm = self.ddp("generator")
         self.discriminator.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         try:
-            for i, (real, mask, cond, noise) in enumerate(batches):
-                with self._micro_context(gm, i == accum - 1), _autocast(cfg, device):
-                    loss_g, lg = self.process.generator_loss(gm, self.discriminator, real, mask, cond, noise=noise)
+            for (real, mask, cond, _), fake in zip(batches, fakes):
+                with _autocast(cfg, device):
+                    loss_g, lg = self.process.g_loss_on(self.discriminator, real, fake, mask, cond)
                 self.scaler_g.scale(loss_g / accum).backward()
                 for k, v in lg.items():
                     logs[k] = logs.get(k, 0.0) + v / accum
