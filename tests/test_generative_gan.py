@@ -238,3 +238,26 @@ def test_make_gan_optimizers_two_time_scales():
     ids = {id(p) for p in opt_g.param_groups[0]["params"]}
     assert id(gen.text.weight) not in ids and id(gen.conv1.weight) in ids
     assert len(opt_d.param_groups[0]["params"]) == len(list(disc.parameters()))
+
+
+def test_mask_weighted_l1_weighs_labelled_voxels():
+    import torch
+
+    from unveil.config import GanConfig
+    from unveil.generative.gan import GanProcess
+
+    real = torch.zeros(1, 1, 4, 4, 4)
+    fake = torch.zeros(1, 1, 4, 4, 4)
+    mask = torch.zeros(1, 2, 4, 4, 4)
+    mask[:, 0, :2] = 1.0  # half the voxels labelled
+    fake[:, :, :2] = 1.0  # error only inside the mask
+
+    class D(torch.nn.Module):
+        def forward(self, image, mask, cond=None):
+            return torch.ones(image.shape[0], 1, 1, 1, 1)
+
+    plain = GanProcess(GanConfig(l1_weight=1.0)).g_loss_on(D(), real, fake, mask, None)[1]["g_l1"]
+    weighted = GanProcess(GanConfig(l1_weight=1.0, l1_mask_weight=3.0)).g_loss_on(D(), real, fake, mask, None)[1]["g_l1"]
+    assert plain == 0.5
+    # weights 4 inside (32 voxels) and 1 outside (32): (4 * 32) / (4 * 32 + 32) = 0.8
+    assert abs(weighted - 0.8) < 1e-6

@@ -127,3 +127,17 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(tiny_phant
     assert worst < 1e-5, worst
     # Only rank 0 wrote: one loss line per step.
     assert len((tmp_path / "two" / "losses.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("config", ["tiny-diffusion", "tiny-gan"])
+def test_bf16_autocast_and_gradient_accumulation_run(tiny_phantom, tmp_path, config):
+    cfg = _cfg(config, "train.amp=bf16", "train.grad_accum=2")
+    train(cfg, tiny_phantom, tmp_path / "run", steps=2, progress=False)
+    losses = _losses(tmp_path / "run")
+    assert sorted(losses) == [1, 2]
+    assert all(torch.isfinite(torch.tensor(v)) for r in losses.values() for k, v in r.items() if k != "step")
+
+
+def test_fp16_on_cpu_is_refused_with_a_sentence(tiny_phantom, tmp_path):
+    with pytest.raises(UnveilError, match="fp16 needs a GPU"):
+        train(_cfg("tiny-diffusion", "train.amp=fp16"), tiny_phantom, tmp_path / "run", steps=1, progress=False)

@@ -153,6 +153,11 @@ class ModelConfig(Section):
 class GanConfig(Section):
     loss: Literal["lsgan", "hinge"] = "lsgan"
     l1_weight: float = Field(default=100.0, ge=0.0)
+    l1_mask_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="extra L1 weight inside the labelled mask (lungs, airway): 1 + w there, 1 elsewhere",
+    )
     corr_weight: float = Field(default=0.0, ge=0.0)
     lr_g: float = Field(default=1e-4, gt=0.0)
     lr_d: float = Field(default=4e-4, gt=0.0)

@@ -135,7 +135,14 @@ class GanProcess:
         cond: TextCondition | None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         adv = self.g_adv_loss_from_logits(self._disc(discriminator, fake, mask, cond))
-        l1 = F.l1_loss(fake.float(), real.float())
+        if self.cfg.l1_mask_weight > 0:
+            # The clinical claims concern the labelled organs; outside them the image is not
+            # constrained by the condition (body habitus, bones), so the reconstruction can
+            # weigh the labelled voxels more.  Normalised so the weights average to 1.
+            w = 1.0 + self.cfg.l1_mask_weight * (mask.sum(dim=1, keepdim=True) > 0).float()
+            l1 = ((fake.float() - real.float()).abs() * w).sum() / (w.sum() * fake.shape[1])
+        else:
+            l1 = F.l1_loss(fake.float(), real.float())
         loss = adv + self.cfg.l1_weight * l1
         logs = {"g_adv": float(adv.detach()), "g_l1": float(l1.detach())}
         if self.cfg.corr_weight > 0:
