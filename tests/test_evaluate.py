@@ -1,0 +1,384 @@
+"""``unveil evaluate`` end to end on the tiny phantom, and the condition-adherence readers on
+volumes whose attribute is planted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from unveil.cli import main
+from unveil.config import load_config, resolve_config_path
+from unveil.errors import UnveilError
+from unveil.infer.counterfactual import Generator
+from unveil.metrics.adherence import (
+    EditTarget,
+    adherence_input,
+    auroc,
+    edit_target,
+    effectiveness,
+    fit_attribute_model,
+    reading_figures,
+)
+from unveil.metrics.evaluate import evaluate, json_safe, variant_name
+from unveil.metrics.features import missing_network_message
+from unveil.text.edits import parse_edit
+from unveil.text.template import load_template
+from unveil.train.loop import train
+
+FAST = ["train.val_every=1000", "train.ckpt_every=1000"]
+# sub-000 (val) and sub-001 (test) are not in the training split of the tiny phantom.
+IDS = ["sub-000", "sub-001"]
+SMALL = {"n_boot": 200, "progress": False, "adherence_size": 8, "adherence_epochs": 40}
+
+
+@pytest.fixture(scope="module")
+def gan_ckpt(tiny_phantom, tmp_path_factory):
+    cfg = load_config(resolve_config_path("tiny-gan"), FAST)
+    return train(cfg, tiny_phantom, tmp_path_factory.mktemp("gan") / "run", steps=1, progress=False)
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ evaluate end to end
+
+
+def test_evaluate_writes_every_file_with_weight_free_figures_and_fid_reasons(
+    gan_ckpt, tiny_phantom, tmp_path
+):
+    out = tmp_path / "eval"
+    summary = evaluate(
+        gan_ckpt, tiny_phantom, out, ids=IDS, edits=["pack_years+=20", "smoking=current"], **SMALL
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "info.json",
+        "per_subject.csv",
+        "summary.json",
+        "summary.md",
+    ]
+    rows = _csv(out / "per_subject.csv")
+    assert [r["id"] for r in rows] == IDS
+    saved = json.loads((out / "summary.json").read_text())
+    # Weight-free and paired figures are finite numbers with an interval over 2 subjects.
+    for key in (
+        "mae_hu",
+        "mae_hu_lung",
+        "ssim",
+        "ssim_lung",
+        "wasserstein_lung",
+        "wasserstein_upper_lung",
+        "wasserstein_lung_core",
+        "texture_z_lung",
+        "texture_lung/mean_hu",
+        "ref_dice_lung",
+    ):
+        fig = saved[key]
+        assert math.isfinite(fig["value"]) and fig["n"] == 2, key
+        assert fig["ci_low"] <= fig["value"] <= fig["ci_high"], key
+    assert saved["mae_hu_lung"]["unit"] == "HU" and saved["psnr"]["statistic"] == "median"
+    # The per-subject MAE in the CSV is what the summary averages.
+    assert saved["mae_hu"]["value"] == pytest.approx(
+        np.mean([float(r["mae_hu"]) for r in rows]), rel=1e-5
+    )
+    # The Wasserstein distance of the lung is the per-subject mean-free part too: it is at
+    # least the absolute difference of the means (a property of W1).
+    for r in rows:
+        assert float(r["wasserstein_lung"]) >= float(r["texture_lung/mean_hu"]) - 1e-3
+    # The classical segmenter finds the phantom's lungs on the real scans.
+    assert saved["ref_dice_lung"]["value"] > 0.85
+    # No network named: null plus the one sentence, for both kinds.
+    for kind in ("2d", "3d"):
+        assert saved[f"fid_{kind}"] is None and saved[f"kid_{kind}"] is None
+        assert saved[f"fid_{kind}_reason"] == missing_network_message(kind)
+    assert saved["ms_ssim"] is None and "MS-SSIM not computed" in saved["ms_ssim_reason"]
+    # Adherence: only pack_years has enough training subjects in the 4-subject split.
+    assert saved["adherence_pack_years_mae_generated"]["n"] == 1  # sub-001's value is missing
+    assert "classifier needs at least two classes" in saved["adherence_smoking_reason"]
+    assert saved["effectiveness_smoking=current"] is None
+    assert "smoking classifier" in saved["effectiveness_smoking=current_reason"]
+    assert saved["effectiveness_pack_years+=20"]["n"] == 1
+    assert (
+        rows[0]["adherence_pack_years_value"] == "36.8"
+        and rows[1]["adherence_pack_years_value"] == ""
+    )
+    info = json.loads((out / "info.json").read_text())
+    assert info["family"] == "gan" and info["fusion"] == "affine"
+    assert info["variant"] == "GAN affine" == variant_name("gan", "affine")
+    assert info["subjects"] == IDS and info["n_subjects"] == 2 and info["seed"] == 0
+    assert info["adherence"]["models"]["pack_years"]["n_train"] == 4
+    md = (out / "summary.md").read_text()
+    assert "| mae_hu_lung | mean |" in md and "fid_2d, kid_2d" in md
+    assert summary["mae_hu"]["value"] == saved["mae_hu"]["value"]
+    # The same call again is refused, and nothing is changed.
+    with pytest.raises(UnveilError, match="already exists"):
+        evaluate(gan_ckpt, tiny_phantom, out, ids=IDS, **SMALL)
+
+
+class _Scripted(torch.nn.Module):
+    """A fixed random projection of pooled intensities (RandomProjectionFeatures as a module)."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(dims)
+        cells = 3 * 16 if dims == 2 else 8
+        self.pool = torch.nn.AdaptiveAvgPool2d(4) if dims == 2 else torch.nn.AdaptiveAvgPool3d(2)
+        self.register_buffer("w", torch.randn(cells, 6, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x).flatten(1) @ self.w
+
+
+def test_fid_and_kid_are_numbers_when_feature_networks_are_named(gan_ckpt, tiny_phantom, tmp_path):
+    f2, f3 = tmp_path / "net2d.pt", tmp_path / "net3d.pt"
+    with warnings.catch_warnings():  # torch.jit is deprecated; the loader also reads it
+        warnings.simplefilter("ignore")
+        torch.jit.script(_Scripted(2)).save(str(f2))
+        torch.jit.script(_Scripted(3)).save(str(f3))
+    out = tmp_path / "eval"
+    evaluate(
+        gan_ckpt,
+        tiny_phantom,
+        out,
+        ids=IDS,
+        features_2d=f2,
+        features_3d=f3,
+        adherence=False,
+        **SMALL,
+    )
+    saved = json.loads((out / "summary.json").read_text())
+    for key in ("fid_2d", "kid_2d", "fid_3d", "kid_3d"):
+        assert isinstance(saved[key], dict) and math.isfinite(saved[key]["value"]), key
+        assert f"{key}_reason" not in saved
+    assert saved["fid_2d"]["value"] > 0  # an untrained generator is far from the real slices
+    assert saved["fid_2d"]["ci_low"] <= saved["fid_2d"]["value"] <= saved["fid_2d"]["ci_high"]
+    assert saved["adherence_reason"].endswith("(--no-adherence).")
+    assert json.loads((out / "info.json").read_text())["features_2d"] == str(f2.resolve())
+    # A named file that is not a network is refused before anything is generated.
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a network")
+    with pytest.raises(UnveilError, match="not a TorchScript"):
+        evaluate(gan_ckpt, tiny_phantom, tmp_path / "x", ids=IDS, features_2d=bad, **SMALL)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_perfect_generator_scores_zero_error_and_no_edit_effect(
+    gan_ckpt, tiny_phantom, tmp_path, monkeypatch
+):
+    # The real preprocessed scan stands in for the generator's output, whatever the prompt.
+    monkeypatch.setattr(
+        Generator, "generate", lambda self, prepared, prompt, noise: prepared.image[None]
+    )
+    out = tmp_path / "eval"
+    evaluate(gan_ckpt, tiny_phantom, out, ids=IDS, edits=["pack_years+=20"], **SMALL)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["mae_hu"]["value"] == pytest.approx(0.0, abs=0.05)
+    assert s["mae_hu_lung"]["value"] == pytest.approx(0.0, abs=0.05)
+    assert s["ssim"]["value"] == pytest.approx(1.0, abs=1e-4)
+    assert s["ssim_lung"]["value"] == pytest.approx(1.0, abs=1e-4)
+    assert s["psnr"]["value"] == "inf" or s["psnr"]["value"] > 80
+    assert s["wasserstein_lung"]["value"] == pytest.approx(0.0, abs=0.05)
+    assert s["texture_z_lung"]["value"] == pytest.approx(0.0, abs=0.05)
+    # The segmenter sees the real scan, so it agrees with itself on the real scan.
+    assert s["dice_lung"]["value"] == pytest.approx(s["ref_dice_lung"]["value"], abs=0.02)
+    assert s["lungmask_failed"]["value"] == 0
+    # The generated reading equals the real reading; an output blind to the text moves nothing.
+    assert s["adherence_pack_years_mae_generated"]["value"] == pytest.approx(
+        s["adherence_pack_years_mae_real"]["value"], abs=1e-6
+    )
+    assert s["effectiveness_pack_years+=20"]["value"] == 0.0
+    assert s["effectiveness_pack_years+=20_change"]["value"] == 0.0
+    assert s["effectiveness_pack_years+=20_intended"]["value"] == 20.0
+
+
+def test_a_generated_ct_without_lungs_is_a_recorded_failure(
+    gan_ckpt, tiny_phantom, tmp_path, monkeypatch
+):
+    # Uniform -250 HU: a body but no air, so unveil lungmask finds no lungs.
+    monkeypatch.setattr(
+        Generator,
+        "generate",
+        lambda self, prepared, prompt, noise: torch.zeros_like(prepared.image)[None],
+    )
+    out = tmp_path / "eval"
+    evaluate(gan_ckpt, tiny_phantom, out, ids=IDS, adherence=False, **SMALL)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["lungmask_failed"]["value"] == 1.0 and s["dice_lung"]["value"] == 0.0
+    assert s["ref_lungmask_failed"]["value"] == 0.0
+    rows = _csv(out / "per_subject.csv")
+    assert all(r["lungmask_failed"] == "1" and "lung" in r["lungmask_error"] for r in rows)
+
+
+def test_cli_errors_are_one_line_and_a_run_prints_its_figures(
+    gan_ckpt, tiny_phantom, tmp_path, capsys
+):
+    base = ["evaluate", "--checkpoint", str(gan_ckpt), "--cohort", str(tiny_phantom)]
+    assert (
+        main([*base, "--out", str(tmp_path / "a"), "--features-2d", str(tmp_path / "none.pt")]) == 2
+    )
+    assert main([*base, "--out", str(tmp_path / "b"), "--edit", "smoking=sometimes"]) == 2
+    assert main([*base, "--out", str(tmp_path / "c"), "--attributes", "shoe_size"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("unveil evaluate: error:") == 3
+    assert not any((tmp_path / d).exists() for d in "abc")
+    # The default split is the run's test split (one subject in the tiny phantom).
+    assert (
+        main(
+            [
+                *base,
+                "--out",
+                str(tmp_path / "ok"),
+                "--no-adherence",
+                "--n-boot",
+                "50",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "mae_hu_lung:" in printed and "fid_2d: not computed" in printed
+    assert json.loads((tmp_path / "ok" / "info.json").read_text())["subjects"] == ["sub-001"]
+
+
+def test_json_safe_writes_inf_as_a_string_and_nan_as_null():
+    assert json_safe({"a": math.inf, "b": [math.nan, -math.inf, 1.5], "c": np.float32(2)}) == {
+        "a": "inf",
+        "b": [None, "-inf", 1.5],
+        "c": 2.0,
+    }
+
+
+# ------------------------------------------------------------------ adherence readers
+
+
+def _planted(rng, n, shift_hu, label):
+    """A 12^3 volume (window-mapped to [0, 1]) with a ball of lung whose HU depends on label."""
+    grid = np.stack(np.meshgrid(*(np.arange(12),) * 3, indexing="ij"))
+    centre = rng.uniform(5.0, 7.0, size=3)[:, None, None, None]
+    lung = ((grid - centre) ** 2).sum(0) < rng.uniform(3.0, 4.5) ** 2
+    hu = 40.0 + rng.normal(0.0, 20.0, lung.shape)
+    hu[lung] = -870.0 + shift_hu * label + rng.normal(0.0, 25.0, int(lung.sum()))
+    return adherence_input((np.clip(hu, -1000, 500) + 1000) / 1500, lung, size=8)
+
+
+def test_adherence_input_reports_lung_fraction_and_mean_lung_intensity():
+    img = np.zeros((8, 8, 8))
+    lung = np.zeros((8, 8, 8), bool)
+    lung[2:6, 2:6, 2:6] = True
+    img[lung] = 0.25
+    img[~lung] = 0.9  # never seen by the reader
+    x = adherence_input(img, lung, size=2)
+    assert x.shape == (2, 2, 2, 2) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], 1.0)  # cropped to the lung box: every cell is lung
+    np.testing.assert_allclose(x[1], 0.25, rtol=1e-6)
+    assert not adherence_input(img, np.zeros_like(lung), size=4).any()
+
+
+def test_auroc_known_values():
+    assert (
+        auroc([0, 0, 1, 1], np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]]), [0, 1])
+        == 1.0
+    )
+    assert (
+        auroc([1, 1, 0, 0], np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]]), [0, 1])
+        == 0.0
+    )
+    assert auroc([0, 1], np.array([[0.5, 0.5], [0.5, 0.5]]), [0, 1]) == 0.5  # ties count half
+    assert auroc([1, 1], np.array([[0.5, 0.5], [0.2, 0.8]]), [0, 1]) is None
+    # Three classes: macro mean of the one-vs-rest AUROCs, here 0.75 (a: one tie pair
+    # counts half of 2), 1 (b) and 2.5 / 3 (c: its positive ties with one negative).
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]])
+    assert auroc(["a", "b", "c", "a"], p, ["a", "b", "c"]) == pytest.approx(
+        (0.75 + 1 + 2.5 / 3) / 3
+    )
+
+
+def test_a_planted_binary_attribute_is_read_from_real_volumes():
+    rng = np.random.default_rng(0)
+    labels = [i % 2 for i in range(20)]
+    x = np.stack([_planted(rng, 12, 80.0, lab) for lab in labels])
+    model = fit_attribute_model(
+        "smoking", x[:14], labels[:14], "classifier", classes=[0, 1], seed=0, epochs=60
+    )
+    fig, readings = reading_figures(model, labels[14:], x[14:], np.random.default_rng(1), 200)
+    assert fig["statistic"] == "AUROC" and fig["n"] == 6
+    assert fig["value"] >= 0.9
+    assert readings == labels[14:]
+    # The same seed gives the same reader.
+    again = fit_attribute_model(
+        "smoking", x[:14], labels[:14], "classifier", classes=[0, 1], seed=0, epochs=60
+    )
+    np.testing.assert_array_equal(again.predict(x[14:]), model.predict(x[14:]))
+
+
+def test_a_planted_number_is_regressed_and_an_edit_moves_the_reading():
+    rng = np.random.default_rng(1)
+    ages = rng.uniform(30, 80, size=24)
+    # 2 HU per year inside the lung.
+    x = np.stack([_planted(rng, 12, 2.0, a) for a in ages])
+    model = fit_attribute_model(
+        "age", x[:18], ages[:18], "regressor", seed=0, epochs=80, unit="years"
+    )
+    fig, _ = reading_figures(model, list(ages[18:]), x[18:], np.random.default_rng(2), 200)
+    baseline = float(np.mean(np.abs(ages[18:] - ages[:18].mean())))
+    assert fig["unit"] == "years" and fig["value"] < 0.6 * baseline
+    # An edit "age += 30" realised as +60 HU in the lung moves every reading up; no change
+    # (a generator blind to the text) moves none.
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    factual = np.stack([_planted(rng_a, 12, 2.0, 40.0) for _ in range(6)])
+    edited = np.stack([_planted(rng_b, 12, 2.0, 70.0) for _ in range(6)])
+    targets = [EditTarget(70.0, 1, 30.0)] * 6
+    moved, change, per = effectiveness(
+        model, factual, edited, targets, np.random.default_rng(3), 200
+    )
+    assert moved["value"] == 1.0 and change["value"] > 5.0 and len(per) == 6
+    moved0, change0, _ = effectiveness(
+        model, factual, factual, targets, np.random.default_rng(3), 200
+    )
+    assert moved0["value"] == 0.0 and change0["value"] == 0.0
+
+
+def test_edit_targets_follow_the_prompt():
+    t = load_template("phantom")
+    row = {
+        "age": 58.6,
+        "sex": "M",
+        "smoking": "former",
+        "pack_years": None,
+        "diagnosis": "none",
+        "blood_group": "A",
+    }
+    assert edit_target(t, parse_edit("smoking=current", t), row) == EditTarget("current", 1, None)
+    assert edit_target(t, parse_edit("smoking=former", t), row) is None  # prompt unchanged
+    assert edit_target(t, parse_edit("pack_years+=10", t), row) is None  # missing stays missing
+    assert edit_target(t, parse_edit("age=30", t), row) == EditTarget(
+        30.0, -1, pytest.approx(-28.6)
+    )
+    assert edit_target(t, parse_edit("unset smoking", t), row) is None
+
+
+def test_without_the_runs_splits_adherence_says_why_and_the_rest_is_measured(
+    gan_ckpt, tiny_phantom, tmp_path
+):
+    # The checkpoint alone, away from its run folder: no splits.json to train the readers on.
+    lone = tmp_path / "lone" / "ckpt.pt"
+    lone.parent.mkdir()
+    lone.write_bytes(gan_ckpt.read_bytes())
+    with pytest.raises(UnveilError, match="splits.json"):
+        evaluate(lone, tiny_phantom, tmp_path / "x", **SMALL)  # --split test needs it too
+    out = tmp_path / "eval"
+    evaluate(lone, tiny_phantom, out, ids=["sub-002"], edits=["age+=10"], **SMALL)
+    s = json.loads((out / "summary.json").read_text())
+    assert "training split of the run" in s["adherence_reason"]
+    assert (
+        s["effectiveness_age+=10"] is None and "training split" in s["effectiveness_age+=10_reason"]
+    )
+    assert math.isfinite(s["mae_hu_lung"]["value"]) and s["mae_hu_lung"]["ci_low"] is None  # n = 1
