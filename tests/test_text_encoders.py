@@ -420,3 +420,26 @@ def test_adapter_pooled_width_may_differ():
     cond = adapter(enc)
     assert cond.tokens.shape == (2, 5, 8) and cond.pooled.shape == (2, 8)
     assert cond.null.tolist() == [False, False]
+
+
+def test_adapter_normalization_standardises_training_prompts_and_is_saved():
+    from unveil.text.adapter import TextAdapter
+    from unveil.text.encoders import EncodedText
+
+    gen = torch.Generator().manual_seed(0)
+    pooled = 5.0 + 0.01 * torch.randn(16, 8, generator=gen)  # near-duplicate sentence vectors
+    tokens = torch.randn(16, 4, 8, generator=gen)
+    mask = torch.ones(16, 4, dtype=torch.bool)
+    enc = EncodedText(tokens, mask, pooled)
+    ad = TextAdapter(8, 6)
+    assert torch.equal(ad.pooled_mean, torch.zeros(8))  # identity until fitted
+    ad.fit_normalization(enc)
+    z = (pooled - ad.pooled_mean) / ad.pooled_scale
+    assert torch.allclose(z.mean(0), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(8), atol=1e-3)
+    state = ad.state_dict()
+    assert {"pooled_mean", "pooled_scale", "token_mean", "token_scale"} <= set(state)
+    again = TextAdapter(8, 6)
+    again.load_state_dict(state)
+    out_a, out_b = ad(enc), again(enc)
+    assert torch.equal(out_a.pooled, out_b.pooled)

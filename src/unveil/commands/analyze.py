@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Measure what each edit of a counterfactual run changes, in HU, per region: "
             "difference maps (NIfTI and PNG) per subject and edit, per-region means per "
-            "subject, and per edit and region the cohort mean with a bootstrap 95%% CI, a "
+            "subject, and per edit and region the cohort mean with a bootstrap 95% CI, a "
             "paired test against the noise floor (two seeds, same prompt), Cohen's d_z and "
             "Benjamini-Hochberg correction over all regions and edits; beside it the "
             "association in the real cohort, and planted-vs-recovered effects when the "

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FLOOR_SEED_OFFSET = 1000
 
 
-def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+def noise_volume(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn((1, 1, *shape), generator=g)
 
@@ -195,10 +195,10 @@ def run_counterfactual(
                        for n, e in zip(names, [*edits, *null_edits])}
             latent = gen.invert(prepared, factual_prompt) if from_scan else None
             for k in seed_list:
-                noise = latent if latent is not None else _noise(prepared.image.shape[-3:], k)
+                noise = latent if latent is not None else noise_volume(prepared.image.shape[-3:], k)
                 write_volume(gen.to_hu(gen.generate(prepared, factual_prompt, noise), prepared), layout.factual(sid, k))
                 bar.update(1)
-                floor_noise = _noise(prepared.image.shape[-3:], k + FLOOR_SEED_OFFSET)
+                floor_noise = noise_volume(prepared.image.shape[-3:], k + FLOOR_SEED_OFFSET)
                 write_volume(gen.to_hu(gen.generate(prepared, factual_prompt, floor_noise), prepared), layout.floor(sid, k))
                 bar.update(1)
                 for n in names:
@@ -247,6 +247,6 @@ def generate_cohort(checkpoint: str | Path, cohort_root: str | Path, out: str | 
         image, mask = cohort.load(sid)
         prepared = gen.pre.prepare(image, mask)
         row = apply_edits(rows[sid], parsed, gen.template) if parsed else rows[sid]
-        fake = gen.generate(prepared, gen.template.render(row), _noise(prepared.image.shape[-3:], seed))
+        fake = gen.generate(prepared, gen.template.render(row), noise_volume(prepared.image.shape[-3:], seed))
         written.append(write_volume(gen.to_hu(fake, prepared), Path(out) / f"{sid}.nii.gz"))
     return written

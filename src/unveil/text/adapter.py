@@ -65,6 +65,42 @@ class TextAdapter(nn.Module):
         # pooled vector would make the unconditional branch degenerate for scale/shift).
         self.null_tokens = nn.Parameter(torch.randn(null_length, cond_dim) * 0.02)
         self.null_pooled = nn.Parameter(torch.randn(cond_dim) * 0.02)
+        # Per-dimension standardisation of the frozen embeddings over the training prompts
+        # (see fit_normalization).  Template sentences are near-duplicates to a
+        # general-purpose encoder (cosine ~0.9 between prompts that differ in a field), so
+        # without it the part that carries the clinical values is a small ripple on a large
+        # shared vector and the networks take very long to pick it up.  Identity until fit.
+        self.register_buffer("token_mean", torch.zeros(in_dim))
+        self.register_buffer("token_scale", torch.ones(in_dim))
+        self.register_buffer("pooled_mean", torch.zeros(pooled_in_dim))
+        self.register_buffer("pooled_scale", torch.ones(pooled_in_dim))
+
+    @torch.no_grad()
+    def fit_normalization(self, text: EncodedText | TextCondition) -> None:
+        """Set the standardisation from the embeddings of the training prompts.
+
+        ``text`` holds each unique training prompt once: tokens ``(N, L, E)`` with mask
+        ``(N, L)`` and pooled ``(N, E_p)``.  Means and standard deviations are taken over
+        prompts (pooled) and over real tokens (tokens); a dimension that barely varies is
+        scaled by a floor (1% of the mean deviation) instead of being blown up.  The
+        statistics are buffers, saved with the model, so inference uses exactly them.
+        """
+
+        def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = x.float()
+            mean = x.mean(dim=0)
+            std = x.std(dim=0, unbiased=False) if x.shape[0] > 1 else torch.ones_like(mean)
+            return mean, std.clamp_min(1e-2 * float(std.mean()) + 1e-8)
+
+        tokens = text.tokens[text.mask.bool()]
+        if tokens.shape[0] > 0:
+            m, sd = stats(tokens)
+            self.token_mean.copy_(m)
+            self.token_scale.copy_(sd)
+        if text.pooled.shape[0] > 0:
+            m, sd = stats(text.pooled)
+            self.pooled_mean.copy_(m)
+            self.pooled_scale.copy_(sd)
 
     @classmethod
     def for_encoder(cls, encoder: TextEncoder, cond_dim: int, **kwargs: int) -> TextAdapter:
@@ -89,8 +125,8 @@ class TextAdapter(nn.Module):
             null = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
         null = null.to(device=tokens.device, dtype=torch.bool) | ~mask.any(dim=1)
 
-        out_tokens = self.token_proj(tokens)
-        out_pooled = self.pooled_proj(pooled)
+        out_tokens = self.token_proj((tokens - self.token_mean) / self.token_scale)
+        out_pooled = self.pooled_proj((pooled - self.pooled_mean) / self.pooled_scale)
         out_length = max(length, self.null_length)
         if out_length > length:
             out_tokens = nn.functional.pad(out_tokens, (0, 0, 0, out_length - length))

@@ -157,6 +157,12 @@ def train(
         gen.to(device)
         if disc is not None:
             disc.to(device)
+        # Standardise the frozen text embeddings over the training prompts (before the EMA
+        # copy is made, so both hold the same statistics; a resumed run loads them back).
+        all_prompts = cache.get(list(dict.fromkeys(prompts.full)))
+        for mod in (gen, disc):
+            if mod is not None and getattr(mod, "adapter", None) is not None:
+                mod.adapter.fit_normalization(all_prompts)
         family = _make_family(cfg, gen, disc)
         ema = EMA(gen, decay=cfg.train.ema_decay)
 
