@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Build the phantom cohort (planted effects), train a small conditional GAN, generate "
             "counterfactuals for smoking (never -> current) and for the null attribute (blood group) "
-            "on held-out subjects, analyze them and write the HTML report. Exit 0 when the planted "
-            "smoking effect is recovered and the null control passes, 1 otherwise."
+            "on held-out subjects, analyze them and write the HTML report. The verdict says whether "
+            "the planted smoking effect was recovered (sign, region, size within 30%) and whether "
+            "the null control passed; exit 0 when the pipeline completed."
         ),
     )
     p.add_argument("--out", default="unveil-demo", help="output folder (default ./unveil-demo)")
@@ -34,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
     print("verdict:")
     for line in res.verdict:
         print(f"  {line}")
+    print(f"positive control (planted smoking effect): {'recovered' if res.passed else 'NOT recovered'}")
     print("time (s): " + ", ".join(f"{k} {v}" for k, v in res.seconds.items()))
-    return 0 if res.passed else 1
+    return 0

@@ -1,0 +1,35 @@
+"""The demo end to end (slow: a few minutes on a 2-core CPU; CI runs it).
+
+What is asserted is what the shipped demo delivers today: every stage runs, the report is
+self-contained, the planted ground truth is read back exactly, and the null attribute is
+not significant after FDR.  Recovery of the planted smoking effect within 30% is reported
+in the verdict but not asserted: the small CPU model does not reach it within the demo's
+time budget (see the project's issues).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unveil.cli import main
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_the_null_control_passes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "verdict:" in printed and "positive control" in printed
+    results = json.loads((out / "counterfactual" / "analysis" / "results.json").read_text())
+    rows = {(r["contrast"], r["region"]): r for r in results["cohort_stats"]}
+    recovery = {(r["contrast"], r["region"]): r for r in results["recovery"]}
+    # Ground truth read back: current vs never smoker is -60 HU in the upper zone only.
+    assert recovery[("smoking=current", "upper_lung")]["planted_hu"] == pytest.approx(-60.0)
+    assert recovery[("smoking=current", "lower_lung")]["planted_hu"] == pytest.approx(0.0)
+    assert rows[("smoking=current", "upper_lung")]["n_subjects"] >= 6
+    # The negative control: nothing significant after correction for the null attribute.
+    assert not any(r["significant"] for (c, _), r in rows.items() if c == "blood_group=O")
+    html = (out / "counterfactual" / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html and "blood_group=O" in html
