@@ -2,7 +2,7 @@
 
 phantom cohort (planted effects) -> prompts -> train a small conditional GAN ->
 counterfactuals on held-out subjects (smoking never -> current, and the null attribute
-blood group) -> analyze -> HTML report -> verdict.  The phantom plants -60 HU in the
+blood group) -> analyze -> HTML report -> verdict.  Defaults: 160 subjects at 24^3.  The phantom plants -60 HU in the
 upper lung zone for current vs never smokers and nothing for blood group, so the demo
 doubles as the positive / negative control of the whole pipeline.
 """
@@ -40,8 +40,8 @@ class DemoResult:
 
 def run_demo(
     out: str | Path = "unveil-demo",
-    n: int = 48,
-    size: int = 32,
+    n: int = 160,
+    size: int = 24,
     steps: int | None = None,
     seeds: int = 2,
     config: str = "demo",

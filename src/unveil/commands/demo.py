@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", default="unveil-demo", help="output folder (default ./unveil-demo)")
-    p.add_argument("--n", type=int, default=48, help="phantom subjects (default 48)")
+    p.add_argument("--n", type=int, default=160, help="phantom subjects (default 160)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default from the demo config)")
     p.add_argument("--seeds", type=int, default=2, help="noise seeds per subject (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
