@@ -1,4 +1,4 @@
-"""``unveil prompts`` and reading the clinical table."""
+"""``unveil prompts`` (the table reader itself is tested in ``tests/test_table.py``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import pandas as pd
 import pytest
 
 from unveil.cli import main
-from unveil.errors import DataError
-from unveil.text.table import find_table, read_table
 
 HEADER = "id,age,sex,smoking,pack_years,diagnosis,blood_group\n"
 ROWS = (
@@ -63,8 +61,12 @@ def test_writes_csv_and_counts(cohort, tmp_path, capsys):
     assert read_prompts(out.read_text()) == EXPECTED
     stdout = capsys.readouterr().out
     assert counts(stdout) == {
-        "diagnosis": (3, 0), "age": (2, 1), "sex": (3, 0), "smoking": (2, 1),
-        "pack_years": (3, 0), "blood_group": (2, 1),
+        "diagnosis": (3, 0),
+        "age": (2, 1),
+        "sex": (3, 0),
+        "smoking": (2, 1),
+        "pack_years": (3, 0),
+        "blood_group": (2, 1),
     }
     assert "field" in stdout and "present" in stdout and "missing" in stdout
     assert "wrote 3 prompts" in stdout
@@ -86,8 +88,22 @@ def test_prompt_never_contains_id(cohort, capsys):
 
 def test_edits_change_every_prompt(cohort, tmp_path, capsys):
     out = tmp_path / "p.csv"
-    rc = main(["prompts", str(cohort), "-t", "phantom", "-o", str(out),
-               "--set", "smoking=current smoker", "--set", "age+=10", "--unset", "sex"])
+    rc = main(
+        [
+            "prompts",
+            str(cohort),
+            "-t",
+            "phantom",
+            "-o",
+            str(out),
+            "--set",
+            "smoking=current smoker",
+            "--set",
+            "age+=10",
+            "--unset",
+            "sex",
+        ]
+    )
     assert rc == 0
     prompts = read_prompts(out.read_text())
     assert prompts["SECRET-001"] == (
@@ -147,7 +163,9 @@ def test_errors_exit_2_one_sentence(cohort, tmp_path, capsys, setup, args, words
         tpl.write_text("fields:\n  - {name: who, column: id, kind: category, vocab: {a: a}}\n")
     if setup == "id_template_custom":
         (cohort / "clinical.csv").write_text("scan_code,smoking\nx,never\n")
-        tpl.write_text("fields:\n  - {name: code, column: scan_code, kind: category, vocab: {x: x}}\n")
+        tpl.write_text(
+            "fields:\n  - {name: code, column: scan_code, kind: category, vocab: {x: x}}\n"
+        )
     args = [a.replace("{tpl}", str(tpl)) for a in args]
     rc = main(["prompts", str(cohort), *args])
     captured = capsys.readouterr()
@@ -166,7 +184,9 @@ def test_refuses_to_overwrite_the_table(cohort, capsys):
 
 
 def test_probe_missing_modules_is_one_sentence(cohort, capsys):
-    if importlib.util.find_spec("unveil.text.probe") and importlib.util.find_spec("unveil.text.encoders"):
+    if importlib.util.find_spec("unveil.text.probe") and importlib.util.find_spec(
+        "unveil.text.encoders"
+    ):
         pytest.skip("the probe is present; it is tested in tests/test_text_probe.py")
     rc = main(["prompts", str(cohort), "-t", "phantom", "--probe", "smoking"])
     captured = capsys.readouterr()
@@ -174,86 +194,57 @@ def test_probe_missing_modules_is_one_sentence(cohort, capsys):
     one_sentence(captured.err)
 
 
-# ---------------------------------------------------------------------------- reading tables
-
-
-def test_read_table_keeps_values(cohort):
-    df = read_table(cohort / "clinical.csv")
-    assert list(df["id"]) == ["SECRET-001", "SECRET-002", "SECRET-003"]
-    assert df.loc[1, "age"] == "" and df.loc[2, "smoking"] == "NA"  # not imputed, not NaN
-    assert df.loc[0, "age"] == "76.3"
-
-
-def test_read_table_ids_are_strings(tmp_path):
-    p = tmp_path / "t.csv"
-    p.write_text("id,age\n007,1\n 8 ,2\n")
-    assert list(read_table(p)["id"]) == ["007", "8"]
-
-
-def test_read_table_semicolon_and_bom(tmp_path):
-    p = tmp_path / "t.csv"
-    p.write_bytes("\ufeffid;age\nA;1,5\n".encode())
-    df = read_table(p)
-    assert list(df.columns) == ["id", "age"] and df.loc[0, "age"] == "1,5"
+def test_semicolon_table_with_blank_lines(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text("\ufeff" + (HEADER + ROWS).replace(",", ";").replace("\n", "\n\n", 1))
+    assert main(["prompts", str(table), "--template", "phantom"]) == 0
+    assert read_prompts(capsys.readouterr().out) == EXPECTED
 
 
 @pytest.mark.parametrize(
-    "content, words",
+    "rows, words",
     [
-        (None, "does not exist"),
-        ("", "empty"),
-        ("id,age\n", "no rows"),
-        ("pid,age\n1,2\n", "columns found: pid, age"),
-        ("id,age\n1,2\n2,3\n1,4\n3,5\n3,6\n", "duplicate ids in 'id': 1, 3"),
-        ("id,age\n1,2\n,3\n", "empty 'id'"),
-        ('id,age\n1,"2\n', "malformed"),
-        ("id,age\n1,2,3\n", "malformed"),
-        ("id,id\n1,2\n", "twice"),
+        (ROWS + "SECRET-001,70,M,never,0,IPF,A\n", "duplicate ids in 'id': SECRET-001;"),
+        (ROWS + ",70,M,never,0,IPF,A\n", "empty 'id' on row 5"),
+        (ROWS + "SECRET-004,70,M,never,0,IPF\n", "line 5 has 6 fields but the header has 7"),
     ],
 )
-def test_read_table_errors(tmp_path, content, words):
-    p = tmp_path / "t.csv"
-    if content is not None:
-        p.write_text(content)
-    with pytest.raises(DataError) as exc:
-        read_table(p)
-    one_sentence(str(exc.value))
-    assert words in str(exc.value)
+def test_refuses_ambiguous_rows(cohort, capsys, rows, words):
+    (cohort / "clinical.csv").write_text(HEADER + rows)
+    rc = main(["prompts", str(cohort), "-t", "phantom"])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    one_sentence(captured.err)
+    assert words in captured.err
 
 
-def test_read_table_bad_files(tmp_path):
-    bad = tmp_path / "t.xlsx"
-    bad.write_text("not a workbook")
-    with pytest.raises(DataError) as exc:
-        read_table(bad)
-    one_sentence(str(exc.value))
-    latin = tmp_path / "l.csv"
-    latin.write_bytes("id,name\n1,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError) as exc:
-        read_table(latin)
-    assert "UTF-8" in str(exc.value)
-    with pytest.raises(DataError):
-        read_table(tmp_path / "t.parquet")
-
-
-def test_find_table(tmp_path):
-    with pytest.raises(DataError):
-        find_table(tmp_path / "nope")
-    with pytest.raises(DataError) as exc:
-        find_table(tmp_path)
-    assert "clinical.csv" in str(exc.value)
-    (tmp_path / "clinical.csv").write_text(HEADER)
-    assert find_table(tmp_path).name == "clinical.csv"
-    (tmp_path / "clinical.xlsx").write_text("")
-    with pytest.raises(DataError):
-        find_table(tmp_path)
+def test_missing_cohort_is_one_sentence(tmp_path, capsys):
+    assert main(["prompts", str(tmp_path / "nope"), "-t", "phantom"]) == 2
+    err = capsys.readouterr().err
+    one_sentence(err)
+    assert "does not exist" in err
 
 
 def test_probe_prints_its_table(cohort, tmp_path, capsys):
-    if not (importlib.util.find_spec("unveil.text.probe") and importlib.util.find_spec("unveil.text.encoders")):
+    if not (
+        importlib.util.find_spec("unveil.text.probe")
+        and importlib.util.find_spec("unveil.text.encoders")
+    ):
         pytest.skip("the probe is not part of this build")
     out = tmp_path / "p.csv"
-    rc = main(["prompts", str(cohort), "-t", "phantom", "-o", str(out),
-               "--encoder", "features", "--probe", "smoking"])
+    rc = main(
+        [
+            "prompts",
+            str(cohort),
+            "-t",
+            "phantom",
+            "-o",
+            str(out),
+            "--encoder",
+            "features",
+            "--probe",
+            "smoking",
+        ]
+    )
     assert rc == 0 and out.is_file()
     assert "probe of field 'smoking'" in capsys.readouterr().out

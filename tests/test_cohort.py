@@ -137,7 +137,7 @@ def test_read_clinical_table_xlsx_and_tsv(tmp_path):
         ("id,age\n", "no rows"),
         ("ID,age\na,1\n", "did you mean 'ID'"),
         ("patient,age\na,1\n", "--id-column"),
-        ("id;age\na;1\n", "semicolon"),
+        ("id,age,sex\na,1\n", "line 2 has 2 fields"),
     ],
 )
 def test_read_clinical_table_errors_are_one_sentence(tmp_path, text, expected):

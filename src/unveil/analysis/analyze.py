@@ -1093,7 +1093,7 @@ def _verdict(
 
 
 def format_table(results: Mapping[str, Any], max_rows: int | None = None) -> str:
-    """A compact text table of the cohort rows: contrast, region, mean [CI], q, significance."""
+    """The cohort rows as a compact plain table: contrast, region, mean [CI], q, significance."""
     rows = list(results.get("cohort_stats", []))
     if max_rows is not None:
         rows = rows[:max_rows]

@@ -33,32 +33,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "optionally apply structured edits (--set/--unset) and probe a text encoder."
         ),
     )
-    p.add_argument("cohort", help="cohort folder (with clinical.csv or clinical.xlsx) or a table file")
     p.add_argument(
-        "--template", "-t", required=True,
+        "cohort", help="cohort folder (with clinical.csv or clinical.xlsx) or a table file"
+    )
+    p.add_argument(
+        "--template",
+        "-t",
+        required=True,
         help="template YAML path or shipped template name (phantom, aiib23)",
     )
-    p.add_argument("--out", "-o", default=None, help="write id,prompt CSV here (default: print to stdout)")
+    p.add_argument(
+        "--out", "-o", default=None, help="write id,prompt CSV here (default: print to stdout)"
+    )
     p.add_argument("--id-column", default="id", help="id column of the table (default: id)")
     p.add_argument(
-        "--set", dest="set_edits", action="append", default=[], metavar="EDIT",
+        "--set",
+        dest="set_edits",
+        action="append",
+        default=[],
+        metavar="EDIT",
         help="edit every row before rendering: field=value, field+=N, field-=N (repeatable)",
     )
     p.add_argument(
-        "--unset", action="append", default=[], metavar="FIELD",
+        "--unset",
+        action="append",
+        default=[],
+        metavar="FIELD",
         help="leave FIELD out of every prompt, as if missing (repeatable)",
     )
     p.add_argument("--encoder", default=None, help="text encoder for --probe (default: features)")
-    p.add_argument("--max-length", type=int, default=128, help="encoder token limit for --probe (default: 128)")
-    p.add_argument("--probe", default=None, metavar="FIELD", help="probe how well the encoder separates FIELD")
+    p.add_argument(
+        "--max-length", type=int, default=128, help="encoder token limit for --probe (default: 128)"
+    )
+    p.add_argument(
+        "--probe", default=None, metavar="FIELD", help="probe how well the encoder separates FIELD"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from unveil import fs
+    from unveil.data.table import find_table, read_clinical_table, require_ids, table_rows
     from unveil.errors import UnveilError
     from unveil.text.edits import apply_edits, parse_edits
-    from unveil.text.table import find_table, read_table, table_rows
     from unveil.text.template import load_template
 
     # Everything the user typed is checked before the table is read.
@@ -68,23 +85,29 @@ def run(args: argparse.Namespace) -> int:
         template.field(args.probe)
         build_encoder, probe_field = _probe_api()
     elif args.encoder is not None:
-        raise UnveilError("--encoder is only used with --probe FIELD; add --probe or drop --encoder.")
+        raise UnveilError(
+            "--encoder is only used with --probe FIELD; add --probe or drop --encoder."
+        )
 
     path = find_table(args.cohort)
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.is_dir():
-            raise UnveilError(f"--out {out} is a folder; give a file name such as {out / 'prompts.csv'}.")
+            raise UnveilError(
+                f"--out {out} is a folder; give a file name such as {out / 'prompts.csv'}."
+            )
         if out.exists() and out.resolve() == path.resolve():
-            raise UnveilError(f"--out {out} is the clinical table itself; choose another file name.")
-    df = read_table(path, id_column=args.id_column)
+            raise UnveilError(
+                f"--out {out} is the clinical table itself; choose another file name."
+            )
+    df = read_clinical_table(path, id_column=args.id_column)
+    require_ids(df, path, args.id_column)
     template.check_columns(df.columns, source=f"clinical table {path}")
 
     ids: list[str] = []
     rows: list[dict] = []
     prompts: list[str] = []
-    for row in table_rows(df):
-        sid = str(row[args.id_column])
+    for sid, row in table_rows(df, args.id_column):
         try:
             edited = apply_edits(row, edits, template)
             prompts.append(template.render(edited))
@@ -146,7 +169,10 @@ def _counts_table(template, rows: list[dict], edits, path: Path) -> str:
     right = {3, 4}
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     title = f"template {template.name} ({template.identity()}), {len(rows)} subjects from {path}"
     if edits:

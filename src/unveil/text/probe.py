@@ -103,7 +103,7 @@ class ProbeResult:
         self.groups = [self.same_prompt, self.same_text, self.differ_in_field, self.different_rows]
 
     def table(self) -> str:
-        """A plain-text table of the four groups and the separation ratio."""
+        """The four groups and the separation ratio, as a table in plain text."""
         head = ("pairs", "cos mean", "cos min", "cos max", "dist mean", "dist min", "dist max")
         width = max(len(g.name) for g in self.groups)
         lines = [
