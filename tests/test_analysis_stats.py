@@ -174,3 +174,19 @@ def test_slope_with_ci_recovers_known_slope():
     s2, lo2, hi2 = slope_with_ci(x2, y2, rng, n_boot=300)
     assert math.isfinite(lo2) and lo2 <= s2 <= hi2
     assert all(math.isnan(v) for v in slope_with_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0], rng))
+
+
+def test_paired_test_margin_ignores_shifts_below_the_minimum_effect():
+    from unveil.analysis.stats import paired_test
+
+    rng = np.random.default_rng(0)
+    floor = rng.normal(0.0, 0.2, 20)
+    small = floor + 3.0 + rng.normal(0.0, 0.3, 20)  # systematic, but only 3 HU
+    large = floor - 20.0 + rng.normal(0.0, 0.3, 20)
+    assert paired_test(small, floor)[1] < 1e-3  # the plain test calls 3 HU significant
+    assert paired_test(small, floor, margin=5.0)[1] > 0.5
+    stat, p, name = paired_test(large, floor, margin=5.0)
+    assert p < 1e-3 and "margin 5 HU" in name
+    assert paired_test(large, floor, test="t", margin=5.0)[1] < 1e-3
+    with pytest.raises(ValueError):
+        paired_test(large, floor, margin=-1.0)

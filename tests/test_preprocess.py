@@ -196,3 +196,27 @@ def test_to_source_checks_the_shape():
     p = pre.prepare(Volume(_ramp(), aff))
     with pytest.raises(ValueError, match="preprocessed grid"):
         pre.to_source(torch.zeros(1, 4, 4, 4), p)
+
+
+def test_position_channel_runs_from_lung_base_to_apex_in_world_space():
+    from unveil.config import DataConfig, PreprocessConfig
+    from unveil.data.io import Volume
+    from unveil.data.preprocess import POSITION_CHANNEL, Preprocessor
+
+    labels = np.zeros((8, 8, 12), dtype=np.int16)
+    labels[2:4, 2:6, 3:9] = 1
+    labels[5:7, 2:6, 3:9] = 2
+    image = Volume(np.full(labels.shape, -800.0, dtype=np.float32), np.eye(4))
+    pre = Preprocessor(PreprocessConfig(position_channel=True), DataConfig())
+    assert pre.mask_channels[-1] == POSITION_CHANNEL
+    prep = pre.prepare(image, Volume(labels, np.eye(4)))
+    height = prep.mask[-1].numpy()
+    assert prep.mask.shape[0] == 4
+    assert height[:, :, 3].max() == pytest.approx(-1.0) and height[:, :, 8].min() == pytest.approx(1.0)
+    assert np.all(np.diff(height[4, 4, :]) > 0)  # increases towards superior (RAS +z)
+    # Stored upside down (z flipped in the affine): the same anatomy gets the same map.
+    flip = np.diag([1.0, 1.0, -1.0, 1.0])
+    flip[2, 3] = 11.0
+    prep2 = pre.prepare(Volume(image.array[:, :, ::-1].copy(), flip), Volume(labels[:, :, ::-1].copy(), flip))
+    back = pre.to_source(prep2.mask[-1:].clone(), prep2, is_unit=False).array
+    assert np.allclose(back[:, :, ::-1], height, atol=1e-5)

@@ -65,6 +65,13 @@ class PreprocessConfig(Section):
     hu_window: tuple[float, float] = (-1000.0, 500.0)
     patch_size: tuple[int, int, int] = (64, 64, 32)
     pos_fraction: float = Field(default=0.75, ge=0.0, le=1.0)
+    position_channel: bool = Field(
+        default=False,
+        description=(
+            "add a mask channel with the height inside the lungs (-1 at the lung bases, +1 at "
+            "the apices, from world coordinates) so zone-specific effects are easy to learn"
+        ),
+    )
 
     @field_validator("hu_window")
     @classmethod

@@ -554,6 +554,7 @@ def analyze_run(
     test: str = "wilcoxon",
     map_limit_hu: float = 100.0,
     progress: bool = True,
+    min_effect_hu: float = 0.0,
 ) -> dict[str, Any]:
     """Analyse a counterfactual run and write ``RUN/analysis/`` (see the module doc).
 
@@ -567,6 +568,9 @@ def analyze_run(
         map_limit_hu: the PNG colour scale is ``[-map_limit_hu, +map_limit_hu]`` HU for
             every subject and edit, so maps compare by eye.
         progress: show a progress bar over subjects.
+        min_effect_hu: minimum effect of interest; a region is significant only when its
+            shift beyond the noise floor exceeds this many HU (0: any shift; see
+            :func:`unveil.analysis.stats.paired_test`).
 
     Returns:
         The ``results.json`` content (NaN written as None).
@@ -717,7 +721,8 @@ def analyze_run(
             real_means[sid] = np.array(list(_region_means(image.array.ravel(), idx).values()))
 
         cohort_rows = _cohort_stats(
-            all_edits, controls, regions, edit_vals, floor_vals, n_boot, seed, test, len(seeds)
+            all_edits, controls, regions, edit_vals, floor_vals, n_boot, seed, test, len(seeds),
+            min_effect_hu,
         )
         q = benjamini_hochberg([r["p_value"] for r in cohort_rows])
         for r, qv in zip(cohort_rows, q, strict=True):
@@ -768,6 +773,7 @@ def analyze_run(
                     "alpha": alpha,
                     "seed": seed,
                     "test": test,
+                    "min_effect_hu": min_effect_hu,
                     "bootstrap": "BCa over subjects (percentile where BCa is undefined)",
                     "fdr": f"Benjamini-Hochberg over all {len(cohort_rows)} (edit, region) rows",
                     "unit": "subject (regional voxel mean, averaged over seeds)",
@@ -801,6 +807,7 @@ def _cohort_stats(
     seed: int,
     test: str,
     n_seeds: int,
+    min_effect_hu: float = 0.0,
 ) -> list[dict[str, Any]]:
     """One row per (edit, region) with subjects; p-values filled, q-values left to the caller."""
     rows = []
@@ -813,7 +820,7 @@ def _cohort_stats(
                 continue  # region absent in every subject (e.g. no airway label)
             ev, fv = ev[keep], fv[keep]
             lo, hi = bootstrap_ci(ev, _rng(seed, 0, ei, ri), n_boot)
-            stat, p, name = paired_test(ev, fv, test=test)
+            stat, p, name = paired_test(ev, fv, test=test, margin=min_effect_hu)
             rows.append(
                 {
                     "contrast": e,

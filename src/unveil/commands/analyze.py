@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--all-rows", action="store_true", help="print every row, not only significant ones"
     )
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        default=0.0,
+        metavar="HU",
+        help="minimum effect of interest: significant only beyond this many HU (default 0)",
+    )
     p.set_defaults(func=run)
 
 
@@ -61,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         test=args.test,
         map_limit_hu=args.map_limit,
         progress=True,
+        min_effect_hu=args.min_effect,
     )
     shown = dict(results)
     if not args.all_rows:

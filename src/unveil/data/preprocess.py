@@ -109,6 +109,29 @@ def airway_channel(data_cfg: DataConfig) -> int | None:
     return mask_channel_names(data_cfg).index(data_cfg.airway_label)
 
 
+#: Name of the optional position channel appended after the label channels.
+POSITION_CHANNEL = "lung_height"
+
+
+def lung_height(label_map: np.ndarray, affine: np.ndarray, data_cfg: DataConfig) -> np.ndarray:
+    """Height of every voxel relative to the lungs: -1 at the lowest lung voxel, +1 at the
+    highest (superior-inferior world axis, so any orientation gives the same map), linear
+    and unclipped outside; zeros when the mask has no lung.  ``(X, Y, Z)`` float32.
+
+    Why: effects of clinical attributes are often zonal (upper-lobe emphysema in smokers,
+    basal fibrosis in IPF); with the height as an input a patch-based network does not
+    have to infer where in the lungs a patch lies from the mask outline alone.  The zones
+    of :mod:`unveil.data.regions` are thirds of the same extent.
+    """
+    lung = np.isin(label_map, [data_cfg.labels[n] for n in data_cfg.lung_labels])
+    if not lung.any():
+        return np.zeros(label_map.shape, dtype=np.float32)
+    idx = np.indices(label_map.shape, dtype=np.float64)
+    z = affine[2, 0] * idx[0] + affine[2, 1] * idx[1] + affine[2, 2] * idx[2] + affine[2, 3]
+    lo, hi = float(z[lung].min()), float(z[lung].max())
+    return (2.0 * (z - lo) / max(hi - lo, 1e-6) - 1.0).astype(np.float32)
+
+
 def one_hot(label_map: ArrayT, data_cfg: DataConfig) -> ArrayT:
     """Integer label map ``(X, Y, Z)`` -> float32 one-hot ``(M, X, Y, Z)``.
 
@@ -208,8 +231,9 @@ class Preprocessor:
 
     @property
     def mask_channels(self) -> list[str]:
-        """Names of the mask channels, in order."""
-        return mask_channel_names(self.data_cfg)
+        """Names of the mask channels, in order (the label channels, then the position)."""
+        extra = [POSITION_CHANNEL] if self.pre_cfg.position_channel else []
+        return mask_channel_names(self.data_cfg) + extra
 
     def prepare(self, image: Volume, mask: Volume | None = None) -> Prepared:
         """Preprocess one subject.
@@ -257,6 +281,9 @@ class Preprocessor:
         if mask is not None:
             label_map = torch.round(out[_MASK].as_tensor()[0]).to(torch.int32).contiguous()
             onehot = one_hot(label_map, self.data_cfg)
+            if self.pre_cfg.position_channel:
+                height = lung_height(label_map.numpy(), np.asarray(img_mt.affine), self.data_cfg)
+                onehot = torch.cat([onehot, torch.from_numpy(height)[None]])
         return Prepared(
             image=unit,
             mask=onehot,

@@ -58,10 +58,13 @@ class GanProcess:
     Args:
         cfg: the ``gan`` config section (loss, l1_weight, corr_weight, lr_g, lr_d, betas,
             disc_text).
+        label_channels: how many leading mask channels are label one-hots (the rest, such
+            as the position channel, are not foreground); None means all.
     """
 
-    def __init__(self, cfg: GanConfig) -> None:
+    def __init__(self, cfg: GanConfig, label_channels: int | None = None) -> None:
         self.cfg = cfg
+        self.label_channels = label_channels
 
     # ------------------------------------------------------------------ building blocks
 
@@ -139,7 +142,8 @@ class GanProcess:
             # The clinical claims concern the labelled organs; outside them the image is not
             # constrained by the condition (body habitus, bones), so the reconstruction can
             # weigh the labelled voxels more.  Normalised so the weights average to 1.
-            w = 1.0 + self.cfg.l1_mask_weight * (mask.sum(dim=1, keepdim=True) > 0).float()
+            labels = mask if self.label_channels is None else mask[:, : self.label_channels]
+            w = 1.0 + self.cfg.l1_mask_weight * (labels.sum(dim=1, keepdim=True) > 0).float()
             l1 = ((fake.float() - real.float()).abs() * w).sum() / (w.sum() * fake.shape[1])
         else:
             l1 = F.l1_loss(fake.float(), real.float())

@@ -399,7 +399,7 @@ class GanFamily(_Family):
     def __init__(self, cfg: Config, gen: nn.Module, disc: nn.Module) -> None:
         from unveil.generative.gan import GanProcess, make_gan_optimizers
 
-        self.process = GanProcess(cfg.gan)
+        self.process = GanProcess(cfg.gan, label_channels=len(cfg.data.labels))
         self.generator, self.discriminator = gen, disc
         self.opt_g, self.opt_d = make_gan_optimizers(gen, disc, cfg.gan)
         self.scaler_g = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
