@@ -19,7 +19,9 @@ def test_defaults_round_trip_through_yaml(tmp_path):
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(overrides=["train.steps=7", "preprocess.spacing=[2, 2, 3]", "model.fusion=concat"])
+    cfg = load_config(
+        overrides=["train.steps=7", "preprocess.spacing=[2, 2, 3]", "model.fusion=concat"]
+    )
     assert cfg.train.steps == 7
     assert cfg.preprocess.spacing == (2.0, 2.0, 3.0)
     assert cfg.model.fusion == "concat"
@@ -27,7 +29,9 @@ def test_overrides_parse_yaml_values():
 
 def test_base_inheritance(tmp_path):
     (tmp_path / "parent.yaml").write_text(yaml.safe_dump({"train": {"steps": 5, "batch_size": 3}}))
-    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"base": "parent.yaml", "train": {"steps": 9}}))
+    (tmp_path / "child.yaml").write_text(
+        yaml.safe_dump({"base": "parent.yaml", "train": {"steps": 9}})
+    )
     cfg = load_config(tmp_path / "child.yaml")
     assert (cfg.train.steps, cfg.train.batch_size) == (9, 3)
 
@@ -61,7 +65,16 @@ def test_valid_keys_listed_for_unknown_key():
 
 def test_heads_must_divide_channels():
     with pytest.raises(ConfigError, match="divisible by model.heads"):
-        config_from_dict({"model": {"fusion": "cross_attention", "channels": [8, 12], "heads": 8, "norm_groups": 4}})
+        config_from_dict(
+            {
+                "model": {
+                    "fusion": "cross_attention",
+                    "channels": [8, 12],
+                    "heads": 8,
+                    "norm_groups": 4,
+                }
+            }
+        )
 
 
 def test_sampler_must_match_process():

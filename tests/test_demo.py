@@ -31,7 +31,14 @@ def test_demo_runs_end_to_end_and_reads_back_the_planted_truth(tmp_path, capsys)
     assert recovery[("smoking=current", "lower_lung")]["planted_hu"] == pytest.approx(0.0)
     assert rows[("smoking=current", "upper_lung")]["n_subjects"] >= 6
     regions = {r for (_, r) in rows}
-    assert {"upper_lung", "middle_lung", "lower_lung", "lung_core", "lung_periphery", "airway"} <= regions
+    assert {
+        "upper_lung",
+        "middle_lung",
+        "lower_lung",
+        "lung_core",
+        "lung_periphery",
+        "airway",
+    } <= regions
     assert all((c, r) in rows for c in ("smoking=current", "blood_group=O") for r in regions)
     verdict = results["verdict"]
     assert {v["contrast"] for v in verdict["edits"]} == {"smoking=current", "blood_group=O"}

@@ -257,7 +257,9 @@ def test_mask_weighted_l1_weighs_labelled_voxels():
             return torch.ones(image.shape[0], 1, 1, 1, 1)
 
     plain = GanProcess(GanConfig(l1_weight=1.0)).g_loss_on(D(), real, fake, mask, None)[1]["g_l1"]
-    weighted = GanProcess(GanConfig(l1_weight=1.0, l1_mask_weight=3.0)).g_loss_on(D(), real, fake, mask, None)[1]["g_l1"]
+    weighted = GanProcess(GanConfig(l1_weight=1.0, l1_mask_weight=3.0)).g_loss_on(
+        D(), real, fake, mask, None
+    )[1]["g_l1"]
     assert plain == 0.5
     # weights 4 inside (32 voxels) and 1 outside (32): (4 * 32) / (4 * 32 + 32) = 0.8
     assert abs(weighted - 0.8) < 1e-6

@@ -212,11 +212,15 @@ def test_position_channel_runs_from_lung_base_to_apex_in_world_space():
     prep = pre.prepare(image, Volume(labels, np.eye(4)))
     height = prep.mask[-1].numpy()
     assert prep.mask.shape[0] == 4
-    assert height[:, :, 3].max() == pytest.approx(-1.0) and height[:, :, 8].min() == pytest.approx(1.0)
+    assert height[:, :, 3].max() == pytest.approx(-1.0) and height[:, :, 8].min() == pytest.approx(
+        1.0
+    )
     assert np.all(np.diff(height[4, 4, :]) > 0)  # increases towards superior (RAS +z)
     # Stored upside down (z flipped in the affine): the same anatomy gets the same map.
     flip = np.diag([1.0, 1.0, -1.0, 1.0])
     flip[2, 3] = 11.0
-    prep2 = pre.prepare(Volume(image.array[:, :, ::-1].copy(), flip), Volume(labels[:, :, ::-1].copy(), flip))
+    prep2 = pre.prepare(
+        Volume(image.array[:, :, ::-1].copy(), flip), Volume(labels[:, :, ::-1].copy(), flip)
+    )
     back = pre.to_source(prep2.mask[-1:].clone(), prep2, is_unit=False).array
     assert np.allclose(back[:, :, ::-1], height, atol=1e-5)

@@ -9,8 +9,15 @@ from unveil.errors import UnveilError
 from unveil.text.dropout import draw_dropout, field_probabilities, render_with_dropout
 from unveil.text.template import load_template
 
-ROW = {"id": "P1", "age": "76", "sex": "F", "smoking": "never", "pack_years": "10",
-       "diagnosis": "IPF", "blood_group": "A"}
+ROW = {
+    "id": "P1",
+    "age": "76",
+    "sex": "F",
+    "smoking": "never",
+    "pack_years": "10",
+    "diagnosis": "IPF",
+    "blood_group": "A",
+}
 
 
 @pytest.fixture(scope="module")

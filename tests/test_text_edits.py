@@ -12,12 +12,30 @@ from unveil.errors import UnveilError
 from unveil.text.edits import Edit, EditError, apply_edits, edits_label, parse_edit, parse_edits
 from unveil.text.template import load_template
 
-ROW = {"id": "P1", "age": "76.3", "sex": "F", "smoking": "never", "pack_years": "10",
-       "diagnosis": "IPF", "blood_group": "A"}
+ROW = {
+    "id": "P1",
+    "age": "76.3",
+    "sex": "F",
+    "smoking": "never",
+    "pack_years": "10",
+    "diagnosis": "IPF",
+    "blood_group": "A",
+}
 AIIB_ROW = {
-    "id": "A1", "diagnosis": 1, "survival_1y": 0, "age": 70, "sex": 2, "ctd_type": 0,
-    "ctd_diagnosis_days": "", "smoking": 0, "pack_years": 0, "smoking_stop_days": "",
-    "occupational_risk": 0, "environmental_risk": 0, "precipitins": "", "familial_disease": "",
+    "id": "A1",
+    "diagnosis": 1,
+    "survival_1y": 0,
+    "age": 70,
+    "sex": 2,
+    "ctd_type": 0,
+    "ctd_diagnosis_days": "",
+    "smoking": 0,
+    "pack_years": 0,
+    "smoking_stop_days": "",
+    "occupational_risk": 0,
+    "environmental_risk": 0,
+    "precipitins": "",
+    "familial_disease": "",
 }
 
 
@@ -50,8 +68,15 @@ def test_parse_every_kind(phantom):
 
 
 def test_stable_text_round_trips(phantom, aiib):
-    for text in ("smoking=current", "age=24", "age+=10", "age-=5", "unset-smoking", "age=24.5",
-                 "diagnosis=CTD-ILD"):
+    for text in (
+        "smoking=current",
+        "age=24",
+        "age+=10",
+        "age-=5",
+        "unset-smoking",
+        "age=24.5",
+        "diagnosis=CTD-ILD",
+    ):
         e = parse_edit(text, phantom)
         assert str(e) == text
         assert parse_edit(str(e), phantom) == e
@@ -88,7 +113,9 @@ def test_apply_boolean(aiib):
 
 
 def test_apply_numbers_and_unset(phantom):
-    edits = [parse_edit(t, phantom) for t in ("age=24", "pack_years+=10", "pack_years-=5", "unset sex")]
+    edits = [
+        parse_edit(t, phantom) for t in ("age=24", "pack_years+=10", "pack_years-=5", "unset sex")
+    ]
     out = apply_edits(ROW, edits, phantom)
     assert out["age"] == 24 and out["pack_years"] == 15 and out["sex"] is None
     assert phantom.render(out) == (
@@ -100,7 +127,9 @@ def test_apply_numbers_and_unset(phantom):
 
 
 def test_apply_days(aiib):
-    out = apply_edits({**AIIB_ROW, "ctd_diagnosis_days": 100}, [parse_edit("ctd_diagnosis_days+=813", aiib)], aiib)
+    out = apply_edits(
+        {**AIIB_ROW, "ctd_diagnosis_days": 100}, [parse_edit("ctd_diagnosis_days+=813", aiib)], aiib
+    )
     assert "CTD diagnosed 2.5 years before the scan." in aiib.render(out)
 
 
@@ -207,9 +236,20 @@ def test_cli_edit_errors_exit_2(cohort, capsys, args, words):
 
 def test_cli_edit_error_no_traceback_subprocess(cohort):
     proc = subprocess.run(
-        [sys.executable, "-m", "unveil", "prompts", str(cohort), "--template", "phantom",
-         "--set", "smoking=sometimes"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "unveil",
+            "prompts",
+            str(cohort),
+            "--template",
+            "phantom",
+            "--set",
+            "smoking=sometimes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -26,17 +26,35 @@ def one_sentence(msg: str) -> None:
 
 
 def make(fields, **top):
-    return Template.from_dict({"prefix": top.pop("prefix", "Scan:"), **top, "fields": fields}, source="test")
+    return Template.from_dict(
+        {"prefix": top.pop("prefix", "Scan:"), **top, "fields": fields}, source="test"
+    )
 
 
 PHANTOM_FULL = {
-    "id": "P001", "age": "76.3", "sex": "F", "smoking": "never", "pack_years": "0",
-    "diagnosis": "IPF", "blood_group": "A",
+    "id": "P001",
+    "age": "76.3",
+    "sex": "F",
+    "smoking": "never",
+    "pack_years": "0",
+    "diagnosis": "IPF",
+    "blood_group": "A",
 }
 AIIB_FULL = {
-    "id": "A1", "diagnosis": 1, "survival_1y": 0, "age": 76.0, "sex": 2, "ctd_type": 2,
-    "ctd_diagnosis_days": 913, "smoking": 2, "pack_years": 20.4, "smoking_stop_days": 45,
-    "occupational_risk": 1, "environmental_risk": 0, "precipitins": 1, "familial_disease": 0,
+    "id": "A1",
+    "diagnosis": 1,
+    "survival_1y": 0,
+    "age": 76.0,
+    "sex": 2,
+    "ctd_type": 2,
+    "ctd_diagnosis_days": 913,
+    "smoking": 2,
+    "pack_years": 20.4,
+    "smoking_stop_days": 45,
+    "occupational_risk": 1,
+    "environmental_risk": 0,
+    "precipitins": 1,
+    "familial_disease": 0,
 }
 
 
@@ -53,15 +71,25 @@ def test_phantom_golden_full():
 def test_phantom_golden_with_missing_values():
     t = load_template("phantom")
     row = {
-        "id": "P002", "age": "", "sex": " m ", "smoking": "NA", "pack_years": "32.5",
-        "diagnosis": "none", "blood_group": float("nan"),
+        "id": "P002",
+        "age": "",
+        "sex": " m ",
+        "smoking": "NA",
+        "pack_years": "32.5",
+        "diagnosis": "none",
+        "blood_group": float("nan"),
     }
     assert t.render(row) == (
         "Lung CT scan: diagnosis is no fibrotic lung disease. Male. Pack-years: 33."
     )
     row2 = {
-        "id": "P003", "age": 54.5, "sex": None, "smoking": "Current", "pack_years": "unknown",
-        "diagnosis": "", "blood_group": "ab",
+        "id": "P003",
+        "age": 54.5,
+        "sex": None,
+        "smoking": "Current",
+        "pack_years": "unknown",
+        "diagnosis": "",
+        "blood_group": "ab",
     }
     assert t.render(row2) == "Lung CT scan: Age 55. Current smoker. Blood group AB."
 
@@ -80,10 +108,20 @@ def test_aiib23_golden_full():
 def test_aiib23_golden_missing_codes():
     t = load_template("aiib23")
     row = {
-        "id": "A2", "diagnosis": "1", "survival_1y": "0", "age": "76", "sex": "2",
-        "ctd_type": 99999, "ctd_diagnosis_days": "Not Available", "smoking": "0",
-        "pack_years": "99999", "smoking_stop_days": "", "occupational_risk": "unknown",
-        "environmental_risk": "N/A", "precipitins": "99999.0", "familial_disease": None,
+        "id": "A2",
+        "diagnosis": "1",
+        "survival_1y": "0",
+        "age": "76",
+        "sex": "2",
+        "ctd_type": 99999,
+        "ctd_diagnosis_days": "Not Available",
+        "smoking": "0",
+        "pack_years": "99999",
+        "smoking_stop_days": "",
+        "occupational_risk": "unknown",
+        "environmental_risk": "N/A",
+        "precipitins": "99999.0",
+        "familial_disease": None,
     }
     # The example sentence of the published study.
     assert t.render(row) == (
@@ -109,18 +147,42 @@ def test_integers_never_have_point_zero():
 
 
 def test_decimals_and_units():
-    t = make([{"name": "fev", "column": "fev", "kind": "number", "phrase": "FEV1 {value}",
-               "unit": "L", "rounding": 2}])
+    t = make(
+        [
+            {
+                "name": "fev",
+                "column": "fev",
+                "kind": "number",
+                "phrase": "FEV1 {value}",
+                "unit": "L",
+                "rounding": 2,
+            }
+        ]
+    )
     assert t.render({"fev": "2.456"}) == "Scan: FEV1 2.46 L."
     assert t.render({"fev": 2.5}) == "Scan: FEV1 2.5 L."
     assert t.render({"fev": 3.0}) == "Scan: FEV1 3 L."
 
 
 def test_signs_kept():
-    t = make([
-        {"name": "delta", "column": "delta", "kind": "number", "phrase": "change {value}", "range": [-10, 10]},
-        {"name": "since", "column": "since", "kind": "days", "phrase": "event {value} before the scan"},
-    ], prefix="")
+    t = make(
+        [
+            {
+                "name": "delta",
+                "column": "delta",
+                "kind": "number",
+                "phrase": "change {value}",
+                "range": [-10, 10],
+            },
+            {
+                "name": "since",
+                "column": "since",
+                "kind": "days",
+                "phrase": "event {value} before the scan",
+            },
+        ],
+        prefix="",
+    )
     assert t.render({"delta": -3, "since": -3}) == "Change -3. Event -3 days before the scan."
     assert t.render({"delta": "-3.0", "since": "-1"}) == "Change -3. Event -1 day before the scan."
     assert t.render({"delta": -0.2, "since": 0}) == "Change 0. Event 0 days before the scan."
@@ -141,7 +203,13 @@ def test_format_helpers():
 
 
 def test_code_normalisation():
-    assert normalize_code("1") == normalize_code(1) == normalize_code(1.0) == normalize_code(" 1.0 ") == 1
+    assert (
+        normalize_code("1")
+        == normalize_code(1)
+        == normalize_code(1.0)
+        == normalize_code(" 1.0 ")
+        == 1
+    )
     assert normalize_code(np.int64(2)) == 2
     assert normalize_code(" Never ") == "never"
     for missing in (None, float("nan"), "", "   ", np.nan):
@@ -156,7 +224,9 @@ def test_code_normalisation():
 
 
 def test_unknown_is_missing_not_no():
-    t = make([{"name": "fam", "column": "fam", "kind": "boolean", "phrase": "familial disease: {value}"}])
+    t = make(
+        [{"name": "fam", "column": "fam", "kind": "boolean", "phrase": "familial disease: {value}"}]
+    )
     assert t.render({"fam": "unknown"}) == "Scan."
     assert t.render({"fam": "Unknown "}) == "Scan."
     assert t.render({"fam": 0}) == "Scan: familial disease: no."
@@ -167,16 +237,33 @@ def test_unknown_is_missing_not_no():
 
 
 def test_vocab_wins_over_missing_codes():
-    t = make([{"name": "smoking", "column": "smoking", "kind": "category", "phrase": "{value}",
-               "vocab": {"never": "never smoker", "unknown": "smoking status unknown"}}])
+    t = make(
+        [
+            {
+                "name": "smoking",
+                "column": "smoking",
+                "kind": "category",
+                "phrase": "{value}",
+                "vocab": {"never": "never smoker", "unknown": "smoking status unknown"},
+            }
+        ]
+    )
     assert t.render({"smoking": "UNKNOWN"}) == "Scan: smoking status unknown."
     assert t.render({"smoking": "NA"}) == "Scan."
 
 
 def test_field_and_template_missing_codes_merge():
     t = make(
-        [{"name": "age", "column": "age", "kind": "number", "phrase": "Age {value}", "missing": [-1]},
-         {"name": "pack", "column": "pack", "kind": "number", "phrase": "pack-years: {value}"}],
+        [
+            {
+                "name": "age",
+                "column": "age",
+                "kind": "number",
+                "phrase": "Age {value}",
+                "missing": [-1],
+            },
+            {"name": "pack", "column": "pack", "kind": "number", "phrase": "pack-years: {value}"},
+        ],
         missing=[99999, "not recorded"],
     )
     assert t.render({"age": -1, "pack": "99999.0"}) == "Scan."
@@ -229,8 +316,23 @@ def test_id_never_rendered():
 
 
 @pytest.mark.parametrize(
-    "column", ["id", "ID", "PatientID", "patient_id", "Patient Name", "name", "MRN", "dob", "DOB",
-               "date_of_birth", "Date of Birth", "AccessionNumber", "accession", "subject_id"],
+    "column",
+    [
+        "id",
+        "ID",
+        "PatientID",
+        "patient_id",
+        "Patient Name",
+        "name",
+        "MRN",
+        "dob",
+        "DOB",
+        "date_of_birth",
+        "Date of Birth",
+        "AccessionNumber",
+        "accession",
+        "subject_id",
+    ],
 )
 def test_identifier_columns_refused(column):
     with pytest.raises(ConfigError) as exc:
@@ -240,14 +342,24 @@ def test_identifier_columns_refused(column):
 
 
 def test_configured_id_column_refused():
-    data = {"fields": [{"name": "code", "column": "scan_code", "kind": "category", "vocab": {"a": "a"}}]}
+    data = {
+        "fields": [{"name": "code", "column": "scan_code", "kind": "category", "vocab": {"a": "a"}}]
+    }
     Template.from_dict(data)  # fine with the default id column
     with pytest.raises(ConfigError):
         Template.from_dict(data, id_column="scan_code")
 
 
 def test_clinical_names_not_identifiers():
-    for col in ("age", "diagnosis", "pack_years", "ctd_diagnosis_days", "fluid", "survival_1y", "blood_group"):
+    for col in (
+        "age",
+        "diagnosis",
+        "pack_years",
+        "ctd_diagnosis_days",
+        "fluid",
+        "survival_1y",
+        "blood_group",
+    ):
         assert not looks_like_identifier(col), col
 
 
@@ -257,17 +369,62 @@ def test_clinical_names_not_identifiers():
 @pytest.mark.parametrize(
     "data, words",
     [
-        ({"fields": [{"name": "a", "column": "a", "kind": "number", "phrase": "A {value}", "colour": 1}]}, "colour"),
-        ({"fields": [{"name": "a", "column": "a", "kind": "numbr", "phrase": "A {value}"}]}, "kind"),
+        (
+            {
+                "fields": [
+                    {
+                        "name": "a",
+                        "column": "a",
+                        "kind": "number",
+                        "phrase": "A {value}",
+                        "colour": 1,
+                    }
+                ]
+            },
+            "colour",
+        ),
+        (
+            {"fields": [{"name": "a", "column": "a", "kind": "numbr", "phrase": "A {value}"}]},
+            "kind",
+        ),
         ({"feilds": []}, "feilds"),
         ({"fields": [{"name": "a", "column": "a", "kind": "number"}]}, "bare number"),
         ({"fields": [{"name": "a", "column": "a", "kind": "number", "phrase": "A"}]}, "{value}"),
         ({"fields": [{"name": "a", "column": "a", "kind": "category"}]}, "vocab"),
-        ({"fields": [{"name": "a", "column": "a", "kind": "category", "vocab": {False: "no"}}]}, "quote"),
-        ({"fields": [{"name": "a", "column": "a", "kind": "category", "vocab": {1: "x", "1.0": "y"}}]}, "twice"),
-        ({"fields": [{"name": "a", "column": "a", "kind": "boolean", "vocab": {1: "yes"}}]}, "both"),
-        ({"fields": [{"name": "a", "column": "a", "kind": "number", "phrase": "A {value}", "range": [5, 1]}]}, "range"),
-        ({"fields": [{"name": "a b", "column": "a", "kind": "number", "phrase": "A {value}"}]}, "letters"),
+        (
+            {"fields": [{"name": "a", "column": "a", "kind": "category", "vocab": {False: "no"}}]},
+            "quote",
+        ),
+        (
+            {
+                "fields": [
+                    {"name": "a", "column": "a", "kind": "category", "vocab": {1: "x", "1.0": "y"}}
+                ]
+            },
+            "twice",
+        ),
+        (
+            {"fields": [{"name": "a", "column": "a", "kind": "boolean", "vocab": {1: "yes"}}]},
+            "both",
+        ),
+        (
+            {
+                "fields": [
+                    {
+                        "name": "a",
+                        "column": "a",
+                        "kind": "number",
+                        "phrase": "A {value}",
+                        "range": [5, 1],
+                    }
+                ]
+            },
+            "range",
+        ),
+        (
+            {"fields": [{"name": "a b", "column": "a", "kind": "number", "phrase": "A {value}"}]},
+            "letters",
+        ),
         ({"fields": []}, "fields"),
     ],
 )
@@ -283,7 +440,14 @@ def test_load_by_name_and_path(tmp_path):
     by_name = load_template("phantom")
     by_path = load_template(templates_dir() / "phantom.yaml")
     assert by_name.identity() == by_path.identity()
-    assert by_name.field_names == ["diagnosis", "age", "sex", "smoking", "pack_years", "blood_group"]
+    assert by_name.field_names == [
+        "diagnosis",
+        "age",
+        "sex",
+        "smoking",
+        "pack_years",
+        "blood_group",
+    ]
     with pytest.raises(ConfigError) as exc:
         load_template("no-such-template")
     one_sentence(str(exc.value))

@@ -34,12 +34,20 @@ def _losses(run: Path) -> dict[int, dict]:
 @pytest.mark.parametrize("config", ["tiny-diffusion", "tiny-gan"])
 def test_train_writes_checkpoints_that_rebuild_the_model(tiny_phantom, tmp_path, config):
     run = tmp_path / "run"
-    last = train(_cfg(config, "train.ckpt_every=2", "train.keep_last=2"), tiny_phantom, run, steps=5, progress=False)
+    last = train(
+        _cfg(config, "train.ckpt_every=2", "train.keep_last=2"),
+        tiny_phantom,
+        run,
+        steps=5,
+        progress=False,
+    )
     assert [p.name for p in list_checkpoints(run)] == ["ckpt-00000004.pt", "ckpt-00000005.pt"]
     assert last.name == "ckpt-00000005.pt"
     ck = load_checkpoint(last)
     assert ck["step"] == 5
-    assert set(ck["models"]) == ({"generator", "discriminator"} if config == "tiny-gan" else {"generator"})
+    assert set(ck["models"]) == (
+        {"generator", "discriminator"} if config == "tiny-gan" else {"generator"}
+    )
     assert {"sampler", "prompt", "torch_gen", "torch"} <= set(ck["rng"])
     # Checkpoints never carry subject ids or clinical rows.
     blob = last.read_bytes()
@@ -52,7 +60,12 @@ def test_train_writes_checkpoints_that_rebuild_the_model(tiny_phantom, tmp_path,
     assert torch.isfinite(lm.generator(x, mask, t, None)).all()
     losses = _losses(run)
     assert sorted(losses) == [1, 2, 3, 4, 5]
-    assert all(torch.isfinite(torch.tensor(v)) for r in losses.values() for k, v in r.items() if k != "step")
+    assert all(
+        torch.isfinite(torch.tensor(v))
+        for r in losses.values()
+        for k, v in r.items()
+        if k != "step"
+    )
 
 
 @pytest.mark.parametrize("config", ["tiny-diffusion", "tiny-gan"])
@@ -96,29 +109,75 @@ def test_corrupt_and_foreign_checkpoints_get_one_sentence(tmp_path, capsys):
 
 def test_cli_train_and_inspect(tiny_phantom, tmp_path, capsys):
     run = tmp_path / "run"
-    rc = main(["train", "--config", "tiny-gan", "--cohort", str(tiny_phantom), "--out", str(run),
-               "--steps", "1", "--no-progress", *FAST])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "tiny-gan",
+            "--cohort",
+            str(tiny_phantom),
+            "--out",
+            str(run),
+            "--steps",
+            "1",
+            "--no-progress",
+            *FAST,
+        ]
+    )
     assert rc == 0
     assert main(["inspect", str(run)]) == 0
     out = capsys.readouterr().out
     assert "family       gan" in out and "template phantom" in out
-    assert main(["train", "--config", "tiny-gan", "--cohort", str(tiny_phantom), "--out", str(tmp_path / "r2"),
-                 "model.fusion=sideways"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "tiny-gan",
+                "--cohort",
+                str(tiny_phantom),
+                "--out",
+                str(tmp_path / "r2"),
+                "model.fusion=sideways",
+            ]
+        )
+        == 2
+    )
     assert "model.fusion" in capsys.readouterr().err
 
 
 def _torchrun(nproc: int, cohort: Path, out: Path, batch: int, config: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "unveil", "train", "--config", config, "--cohort", str(cohort), "--out", str(out),
-           "--steps", "3", "--no-progress", f"train.batch_size={batch}", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "unveil",
+        "train",
+        "--config",
+        config,
+        "--cohort",
+        str(cohort),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--no-progress",
+        f"train.batch_size={batch}",
+        *FAST,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("config", ["tiny-diffusion", "tiny-gan"])
-def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(tiny_phantom, tmp_path, config):
+def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(
+    tiny_phantom, tmp_path, config
+):
     _torchrun(1, tiny_phantom, tmp_path / "one", batch=2, config=config)
     _torchrun(2, tiny_phantom, tmp_path / "two", batch=1, config=config)
     wa = load_checkpoint(list_checkpoints(tmp_path / "one")[-1])["models"]["generator"]
@@ -135,9 +194,20 @@ def test_bf16_autocast_and_gradient_accumulation_run(tiny_phantom, tmp_path, con
     train(cfg, tiny_phantom, tmp_path / "run", steps=2, progress=False)
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == [1, 2]
-    assert all(torch.isfinite(torch.tensor(v)) for r in losses.values() for k, v in r.items() if k != "step")
+    assert all(
+        torch.isfinite(torch.tensor(v))
+        for r in losses.values()
+        for k, v in r.items()
+        if k != "step"
+    )
 
 
 def test_fp16_on_cpu_is_refused_with_a_sentence(tiny_phantom, tmp_path):
     with pytest.raises(UnveilError, match="fp16 needs a GPU"):
-        train(_cfg("tiny-diffusion", "train.amp=fp16"), tiny_phantom, tmp_path / "run", steps=1, progress=False)
+        train(
+            _cfg("tiny-diffusion", "train.amp=fp16"),
+            tiny_phantom,
+            tmp_path / "run",
+            steps=1,
+            progress=False,
+        )

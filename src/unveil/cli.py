@@ -65,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(levelname)s: %(message)s" if not args.debug else "%(asctime)s %(name)s %(levelname)s: %(message)s",
+        format="%(levelname)s: %(message)s"
+        if not args.debug
+        else "%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
     if not getattr(args, "func", None):
         parser.print_help()
@@ -78,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unveil {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"unveil {args.command}: interrupted; outputs written so far are complete files.", file=sys.stderr)
+        print(
+            f"unveil {args.command}: interrupted; outputs written so far are complete files.",
+            file=sys.stderr,
+        )
         return 130
 
 

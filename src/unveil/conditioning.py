@@ -38,12 +38,20 @@ class TextCondition:
 
     def index(self, idx: torch.Tensor | slice | list[int]) -> TextCondition:
         return TextCondition(
-            self.tokens[idx], self.mask[idx], self.pooled[idx], None if self.null is None else self.null[idx]
+            self.tokens[idx],
+            self.mask[idx],
+            self.pooled[idx],
+            None if self.null is None else self.null[idx],
         )
 
     @staticmethod
     def cat(conds: list[TextCondition]) -> TextCondition:
-        nulls = [c.null if c.null is not None else torch.zeros(c.batch_size, dtype=torch.bool, device=c.pooled.device) for c in conds]
+        nulls = [
+            c.null
+            if c.null is not None
+            else torch.zeros(c.batch_size, dtype=torch.bool, device=c.pooled.device)
+            for c in conds
+        ]
         return TextCondition(
             torch.cat([c.tokens for c in conds]),
             torch.cat([c.mask for c in conds]),

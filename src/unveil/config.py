@@ -84,7 +84,11 @@ class PreprocessConfig(Section):
     @classmethod
     def _axcodes(cls, v: str) -> str:
         v = v.upper()
-        if len(v) != 3 or {c for c in v} - set("RLAPSI") or len({c for c in v.replace("L", "R").replace("P", "A").replace("I", "S")}) != 3:
+        if (
+            len(v) != 3
+            or {c for c in v} - set("RLAPSI")
+            or len({c for c in v.replace("L", "R").replace("P", "A").replace("I", "S")}) != 3
+        ):
             raise ValueError("preprocess.orientation must be three axis codes such as RAS or LPS")
         return v
 
@@ -176,7 +180,8 @@ class GanConfig(Section):
 
 class DiffusionConfig(Section):
     process: Literal["ddpm", "rflow"] = Field(
-        default="ddpm", description="training noise process: DDPM (sample with ddim/ddpm) or rectified flow"
+        default="ddpm",
+        description="training noise process: DDPM (sample with ddim/ddpm) or rectified flow",
     )
     timesteps: int = Field(default=1000, ge=2)
     schedule: str = "scaled_linear_beta"
@@ -353,7 +358,9 @@ def _read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, A
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax.") from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not a {type(tree).__name__}.")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections, not a {type(tree).__name__}."
+        )
     parent = tree.pop("base", None)
     if parent:
         ppath = (path.parent / parent).resolve()

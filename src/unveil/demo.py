@@ -62,7 +62,9 @@ def run_demo(
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UnveilError(f"{out} already exists and is not empty; pass --overwrite or choose another --out.")
+        raise UnveilError(
+            f"{out} already exists and is not empty; pass --overwrite or choose another --out."
+        )
     if out.exists() and overwrite:
         import shutil
 
@@ -87,7 +89,8 @@ def run_demo(
     table = read_clinical_table(find_table(cohort), cfg.data.id_column)
     rows = table.drop(columns=[cfg.data.id_column]).to_dict("records")
     lines = ["id,prompt"] + [
-        f'{sid},"{template.render(r)}"' for sid, r in zip(table[cfg.data.id_column], rows, strict=True)
+        f'{sid},"{template.render(r)}"'
+        for sid, r in zip(table[cfg.data.id_column], rows, strict=True)
     ]
     write_text(out / "prompts.csv", "\n".join(lines) + "\n")
     print(f"[demo] e.g. {template.render(rows[0])}")
@@ -106,8 +109,17 @@ def run_demo(
     if len(held_out) < 6:
         raise UnveilError(f"the demo needs at least 6 held-out subjects; raise --n (now {n}).")
     cf = out / "counterfactual"
-    run_counterfactual(ckpt, cohort, cf, edits=[DEMO_EDIT], null_edits=[DEMO_NULL_EDIT], baseline=[DEMO_BASELINE],
-                       seeds=seeds, ids=held_out, progress=progress)
+    run_counterfactual(
+        ckpt,
+        cohort,
+        cf,
+        edits=[DEMO_EDIT],
+        null_edits=[DEMO_NULL_EDIT],
+        baseline=[DEMO_BASELINE],
+        seeds=seeds,
+        ids=held_out,
+        progress=progress,
+    )
     done("counterfactual")
 
     stage("analyze")

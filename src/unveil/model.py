@@ -54,7 +54,9 @@ class TextConditionedDiscriminator(nn.Module):
         self.net = net
         self.adapter = adapter
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor, text: TextCondition | None = None) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, mask: torch.Tensor, text: TextCondition | None = None
+    ) -> torch.Tensor:
         cond = self.adapter(text) if (text is not None and self.adapter is not None) else None
         return self.net(image, mask, cond)
 
@@ -84,10 +86,14 @@ class ModelMeta:
         try:
             return cls(**{k: d[k] for k in cls.__dataclass_fields__})
         except (KeyError, TypeError) as err:
-            raise CheckpointError(f"{source} lacks model metadata ({err}); it was not written by `unveil train`.") from None
+            raise CheckpointError(
+                f"{source} lacks model metadata ({err}); it was not written by `unveil train`."
+            ) from None
 
 
-def build_models(cfg: Config, meta: ModelMeta) -> tuple[TextConditionedGenerator, TextConditionedDiscriminator | None]:
+def build_models(
+    cfg: Config, meta: ModelMeta
+) -> tuple[TextConditionedGenerator, TextConditionedDiscriminator | None]:
     """Fresh generator (and discriminator for GANs) for ``cfg`` and ``meta``."""
     from unveil.nn.build import build_discriminator, build_generator
 
@@ -96,7 +102,9 @@ def build_models(cfg: Config, meta: ModelMeta) -> tuple[TextConditionedGenerator
     m = len(meta.mask_channels)
     net = build_generator(cfg.model, meta.image_channels, m, cond_dim)
     adapter = (
-        TextAdapter(meta.encoder_width, cond_dim, pooled_in_dim=meta.encoder_pooled_width) if text_on else None
+        TextAdapter(meta.encoder_width, cond_dim, pooled_in_dim=meta.encoder_pooled_width)
+        if text_on
+        else None
     )
     gen = TextConditionedGenerator(net, adapter)
     disc = None
@@ -138,7 +146,9 @@ class LoadedModel:
         return Template.from_dict(self.meta.template, source=f"template stored in {self.path}")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
+) -> LoadedModel:
     """Rebuild the generator of a checkpoint from the checkpoint alone."""
     from unveil.train.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -146,7 +156,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bo
     if path.is_dir():
         found = latest_checkpoint(path)
         if found is None:
-            raise CheckpointError(f"{path} holds no ckpt-*.pt files; give a checkpoint file or a training run folder.")
+            raise CheckpointError(
+                f"{path} holds no ckpt-*.pt files; give a checkpoint file or a training run folder."
+            )
         path = found
     ck = load_checkpoint(path)
     cfg = config_from_dict(ck["config"], source=f"checkpoint {path}")

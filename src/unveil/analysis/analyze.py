@@ -721,7 +721,15 @@ def analyze_run(
             real_means[sid] = np.array(list(_region_means(image.array.ravel(), idx).values()))
 
         cohort_rows = _cohort_stats(
-            all_edits, controls, regions, edit_vals, floor_vals, n_boot, seed, test, len(seeds),
+            all_edits,
+            controls,
+            regions,
+            edit_vals,
+            floor_vals,
+            n_boot,
+            seed,
+            test,
+            len(seeds),
             min_effect_hu,
         )
         q = benjamini_hochberg([r["p_value"] for r in cohort_rows])

@@ -169,8 +169,11 @@ def paired_test(
         else:
             res = stats.ttest_1samp(shifted, 0.0, alternative=alt)
         p = float(res.pvalue)
-        return (float(res.statistic), min(1.0, 2.0 * p) if math.isfinite(p) else 1.0,
-                name + f" (margin {margin:g} HU)")
+        return (
+            float(res.statistic),
+            min(1.0, 2.0 * p) if math.isfinite(p) else 1.0,
+            name + f" (margin {margin:g} HU)",
+        )
     nz = d[d != 0.0]
     if d.size < 2 or nz.size == 0:
         return (0.0, 1.0, name)

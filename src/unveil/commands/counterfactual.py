@@ -18,16 +18,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="ckpt-*.pt or a training run folder")
     p.add_argument("--cohort", required=True)
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--edit", action="append", default=[], help="edit such as smoking=current or age+=10 (repeatable)")
-    p.add_argument("--null-edit", action="append", default=[], help="negative-control edit of an attribute with no expected effect")
-    p.add_argument("--baseline", action="append", default=[],
-                   help="set a field on the factual side for every subject, e.g. smoking=never (repeatable)")
+    p.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        help="edit such as smoking=current or age+=10 (repeatable)",
+    )
+    p.add_argument(
+        "--null-edit",
+        action="append",
+        default=[],
+        help="negative-control edit of an attribute with no expected effect",
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="set a field on the factual side for every subject, e.g. smoking=never (repeatable)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="noise seeds per subject (default 3)")
     p.add_argument("--ids", nargs="+", default=None, help="subject ids (default all, or --split)")
-    p.add_argument("--split", default=None, help="train, val or test of the training run's splits.json")
-    p.add_argument("--from-scan", action="store_true", help="diffusion: invert each real scan and edit it")
+    p.add_argument(
+        "--split", default=None, help="train, val or test of the training run's splits.json"
+    )
+    p.add_argument(
+        "--from-scan", action="store_true", help="diffusion: invert each real scan and edit it"
+    )
     p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default diffusion.sample_steps)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default diffusion.sample_steps)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -38,9 +58,20 @@ def run(args: argparse.Namespace) -> int:
     from unveil.infer.counterfactual import run_counterfactual
 
     out = run_counterfactual(
-        args.checkpoint, args.cohort, args.out, edits=args.edit, null_edits=args.null_edit,
-        baseline=args.baseline, seeds=args.seeds, ids=args.ids, split=args.split, from_scan=args.from_scan,
-        guidance_scale=args.guidance_scale, steps=args.steps, device=args.device, overwrite=args.overwrite,
+        args.checkpoint,
+        args.cohort,
+        args.out,
+        edits=args.edit,
+        null_edits=args.null_edit,
+        baseline=args.baseline,
+        seeds=args.seeds,
+        ids=args.ids,
+        split=args.split,
+        from_scan=args.from_scan,
+        guidance_scale=args.guidance_scale,
+        steps=args.steps,
+        device=args.device,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     print(f"counterfactual run written to {out}; next: unveil analyze {out}")

@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="unveil-demo", help="output folder (default ./unveil-demo)")
     p.add_argument("--n", type=int, default=160, help="phantom subjects (default 160)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default from the demo config)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps (default from the demo config)"
+    )
     p.add_argument("--seeds", type=int, default=2, help="noise seeds per subject (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true")
@@ -29,12 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from unveil.demo import run_demo
 
-    res = run_demo(args.out, n=args.n, steps=args.steps, seeds=args.seeds, overwrite=args.overwrite,
-                   progress=not args.no_progress)
+    res = run_demo(
+        args.out,
+        n=args.n,
+        steps=args.steps,
+        seeds=args.seeds,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print(f"\nreport: {res.report}")
     print("verdict:")
     for line in res.verdict:
         print(f"  {line}")
-    print(f"positive control (planted smoking effect): {'recovered' if res.passed else 'NOT recovered'}")
+    print(
+        f"positive control (planted smoking effect): {'recovered' if res.passed else 'NOT recovered'}"
+    )
     print("time (s): " + ", ".join(f"{k} {v}" for k, v in res.seconds.items()))
     return 0

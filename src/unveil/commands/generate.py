@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ids", nargs="+", default=None)
     p.add_argument("--split", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", dest="edits", action="append", default=[], help="edit applied to every prompt")
+    p.add_argument(
+        "--set", dest="edits", action="append", default=[], help="edit applied to every prompt"
+    )
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--device", default="cpu")
@@ -28,8 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from unveil.infer.counterfactual import generate_cohort
 
-    written = generate_cohort(args.checkpoint, args.cohort, args.out, ids=args.ids, split=args.split, seed=args.seed,
-                              edits=args.edits, device=args.device, guidance_scale=args.guidance_scale,
-                              steps=args.steps, progress=not args.no_progress)
+    written = generate_cohort(
+        args.checkpoint,
+        args.cohort,
+        args.out,
+        ids=args.ids,
+        split=args.split,
+        seed=args.seed,
+        edits=args.edits,
+        device=args.device,
+        guidance_scale=args.guidance_scale,
+        steps=args.steps,
+        progress=not args.no_progress,
+    )
     print(f"wrote {len(written)} volume(s) to {args.out}")
     return 0

@@ -30,8 +30,13 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"checkpoint   {lm.path}",
         f"step         {lm.step} of {c.train.steps}",
-        f"made with    " + ", ".join(f"{k} {v}" for k, v in lm.versions.items()),
-        f"family       {c.model.family}" + (f" ({c.diffusion.process}, {c.diffusion.prediction}, T={c.diffusion.timesteps}, sampler {c.diffusion.sampler} x{c.diffusion.sample_steps})" if c.model.family == "diffusion" else f" ({c.gan.loss}, L1 x{c.gan.l1_weight})"),
+        "made with    " + ", ".join(f"{k} {v}" for k, v in lm.versions.items()),
+        f"family       {c.model.family}"
+        + (
+            f" ({c.diffusion.process}, {c.diffusion.prediction}, T={c.diffusion.timesteps}, sampler {c.diffusion.sampler} x{c.diffusion.sample_steps})"
+            if c.model.family == "diffusion"
+            else f" ({c.gan.loss}, L1 x{c.gan.l1_weight})"
+        ),
         f"fusion       {c.model.fusion} at {', '.join(c.model.fusion_levels)}; channels {list(c.model.channels)}",
         f"mask         {', '.join(lm.meta.mask_channels)}",
         f"text         template {c.text.template} ({lm.meta.template_identity}), encoder {lm.meta.encoder_name} ({lm.meta.encoder_width}-d)",

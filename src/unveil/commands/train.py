@@ -17,13 +17,26 @@ def register(sub: argparse._SubParsersAction) -> None:
             "torchrun --nproc-per-node N -m unveil train ..."
         ),
     )
-    p.add_argument("--config", required=True, help="YAML config file, or the name of a shipped one (e.g. diffusion-affine)")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="YAML config file, or the name of a shipped one (e.g. diffusion-affine)",
+    )
     p.add_argument("--cohort", required=True, help="cohort folder (images/, masks/, clinical.csv)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--steps", type=int, default=None, help="total training steps (default train.steps)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    p.add_argument(
+        "--steps", type=int, default=None, help="total training steps (default train.steps)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in OUT"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=4")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.batch_size=4",
+    )
     p.set_defaults(func=run)
 
 
@@ -32,6 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from unveil.train.loop import train
 
     cfg = load_config(resolve_config_path(args.config), args.overrides)
-    last = train(cfg, args.cohort, args.out, steps=args.steps, resume=args.resume, progress=not args.no_progress)
+    last = train(
+        cfg,
+        args.cohort,
+        args.out,
+        steps=args.steps,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     print(f"last checkpoint: {last}")
     return 0

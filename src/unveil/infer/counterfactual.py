@@ -68,12 +68,18 @@ def subject_ids(cohort, ids: list[str] | None, split: str | None, checkpoint: Pa
     if split:
         import json
 
-        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        run_dir = (
+            checkpoint.parent.parent
+            if checkpoint.parent.name == "checkpoints"
+            else checkpoint.parent
+        )
         path = Path(cohort.root) / "splits.json"
         if not path.is_file():
             path = run_dir / "splits.json"
         if not path.is_file():
-            raise UnveilError(f"--split {split} needs the training run's splits.json next to {checkpoint}; pass --ids instead.")
+            raise UnveilError(
+                f"--split {split} needs the training run's splits.json next to {checkpoint}; pass --ids instead."
+            )
         splits = json.loads(path.read_text())["splits"]
         if split not in splits:
             raise UnveilError(f"--split must be one of {', '.join(splits)}, not {split}.")
@@ -84,8 +90,14 @@ def subject_ids(cohort, ids: list[str] | None, split: str | None, checkpoint: Pa
 class Generator:
     """A loaded model ready to turn (prepared subject, prompt, noise) into HU volumes."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", guidance_scale: float | None = None,
-                 steps: int | None = None, template=None) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "cpu",
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+        template=None,
+    ) -> None:
         from unveil.data.preprocess import Preprocessor
         from unveil.model import load_model
         from unveil.text.cache import EmbeddingCache
@@ -104,15 +116,25 @@ class Generator:
 
     def condition(self, prompt: str) -> TextCondition:
         enc = self.cache.get([prompt])
-        return TextCondition(enc.tokens, enc.mask, enc.pooled, torch.zeros(1, dtype=torch.bool)).to(self.device)
+        return TextCondition(enc.tokens, enc.mask, enc.pooled, torch.zeros(1, dtype=torch.bool)).to(
+            self.device
+        )
 
     @torch.no_grad()
     def generate(self, prepared, prompt: str, noise: torch.Tensor) -> torch.Tensor:
         """``(1, 1, X', Y', Z')`` in [-1, 1] on the preprocessed grid."""
         from unveil.infer.generate import generate_prepared
 
-        return generate_prepared(self.lm.generator, self.cfg, prepared, self.condition(prompt), noise,
-                                 self.device, guidance_scale=self.guidance_scale, steps=self.steps)
+        return generate_prepared(
+            self.lm.generator,
+            self.cfg,
+            prepared,
+            self.condition(prompt),
+            noise,
+            self.device,
+            guidance_scale=self.guidance_scale,
+            steps=self.steps,
+        )
 
     @torch.no_grad()
     def invert(self, prepared, prompt: str) -> torch.Tensor:
@@ -125,10 +147,18 @@ class Generator:
         process = DiffusionProcess(self.cfg.diffusion)
         cond = self.condition(prompt)
         mask = prepared.mask.unsqueeze(0).to(self.device)
-        run = windowed(self.lm.generator, self.cfg.preprocess.patch_size, self.cfg.infer.overlap,
-                       self.cfg.infer.sw_batch_size, self.cfg.infer.blend)
-        return process.invert(lambda x, t: run(x, mask, t, cond), prepared.image.unsqueeze(0).to(self.device),
-                              steps=self.steps)
+        run = windowed(
+            self.lm.generator,
+            self.cfg.preprocess.patch_size,
+            self.cfg.infer.overlap,
+            self.cfg.infer.sw_batch_size,
+            self.cfg.infer.blend,
+        )
+        return process.invert(
+            lambda x, t: run(x, mask, t, cond),
+            prepared.image.unsqueeze(0).to(self.device),
+            steps=self.steps,
+        )
 
     def to_hu(self, fake: torch.Tensor, prepared):
         return self.pre.to_source(fake[0].cpu(), prepared, is_unit=True)
@@ -168,41 +198,60 @@ def run_counterfactual(
     if seeds < 1:
         raise UnveilError("--seeds must be at least 1.")
     if layout.json_path.exists() and not overwrite:
-        raise UnveilError(f"{out} already holds a counterfactual run; choose another --out or pass --overwrite.")
+        raise UnveilError(
+            f"{out} already holds a counterfactual run; choose another --out or pass --overwrite."
+        )
     info = init_distributed(device)
     try:
-        gen = Generator(checkpoint, device=str(info.device), guidance_scale=guidance_scale, steps=steps)
+        gen = Generator(
+            checkpoint, device=str(info.device), guidance_scale=guidance_scale, steps=steps
+        )
         template = gen.template
         parsed = {e: parse_edit(e, template) for e in [*edits, *null_edits]}
         base = [parse_edit(b, template) for b in baseline]
         names = [str(parsed[e]) for e in [*edits, *null_edits]]
         slugs = [edit_slug(n) for n in names]
         if len(set(slugs)) != len(slugs):
-            raise UnveilError(f"two edits share a file name ({', '.join(names)}); give each edit once.")
+            raise UnveilError(
+                f"two edits share a file name ({', '.join(names)}); give each edit once."
+            )
         cohort = Cohort.open(cohort_root, gen.cfg.data)
         subjects = subject_ids(cohort, ids, split, gen.lm.path)
         rows = cohort.rows()
         seed_list = [0] if from_scan else list(range(int(seeds)))
         mine = subjects[info.rank :: info.world_size]  # subjects sharded over ranks
         total = len(mine) * len(seed_list) * (2 + len(names))
-        bar = tqdm(total=total, desc="counterfactual", unit="vol", disable=not (progress and info.is_main))
+        bar = tqdm(
+            total=total, desc="counterfactual", unit="vol", disable=not (progress and info.is_main)
+        )
         for sid in mine:
             image, mask = cohort.load(sid)
             prepared = gen.pre.prepare(image, mask)
             row = apply_edits(rows[sid], base, template) if base else dict(rows[sid])
             factual_prompt = template.render(row)
-            prompts = {n: template.render(apply_edits(row, [parsed[e]], template))
-                       for n, e in zip(names, [*edits, *null_edits])}
+            prompts = {
+                n: template.render(apply_edits(row, [parsed[e]], template))
+                for n, e in zip(names, [*edits, *null_edits], strict=False)
+            }
             latent = gen.invert(prepared, factual_prompt) if from_scan else None
             for k in seed_list:
                 noise = latent if latent is not None else noise_volume(prepared.image.shape[-3:], k)
-                write_volume(gen.to_hu(gen.generate(prepared, factual_prompt, noise), prepared), layout.factual(sid, k))
+                write_volume(
+                    gen.to_hu(gen.generate(prepared, factual_prompt, noise), prepared),
+                    layout.factual(sid, k),
+                )
                 bar.update(1)
                 floor_noise = noise_volume(prepared.image.shape[-3:], k + FLOOR_SEED_OFFSET)
-                write_volume(gen.to_hu(gen.generate(prepared, factual_prompt, floor_noise), prepared), layout.floor(sid, k))
+                write_volume(
+                    gen.to_hu(gen.generate(prepared, factual_prompt, floor_noise), prepared),
+                    layout.floor(sid, k),
+                )
                 bar.update(1)
                 for n in names:
-                    write_volume(gen.to_hu(gen.generate(prepared, prompts[n], noise), prepared), layout.edited(sid, n, k))
+                    write_volume(
+                        gen.to_hu(gen.generate(prepared, prompts[n], noise), prepared),
+                        layout.edited(sid, n, k),
+                    )
                     bar.update(1)
         bar.close()
         barrier(info)
@@ -218,7 +267,9 @@ def run_counterfactual(
                 "floor_seed_offset": FLOOR_SEED_OFFSET,
                 "subjects": subjects,
                 "from_scan": bool(from_scan),
-                "guidance_scale": guidance_scale if guidance_scale is not None else gen.cfg.diffusion.guidance_scale,
+                "guidance_scale": guidance_scale
+                if guidance_scale is not None
+                else gen.cfg.diffusion.guidance_scale,
                 "hu_window": list(gen.cfg.preprocess.hu_window),
                 "config": gen.cfg.to_dict(),
             }
@@ -228,9 +279,19 @@ def run_counterfactual(
         shutdown(info)
 
 
-def generate_cohort(checkpoint: str | Path, cohort_root: str | Path, out: str | Path, ids: list[str] | None = None,
-                    split: str | None = None, seed: int = 0, edits: list[str] = (), device: str = "cpu",
-                    guidance_scale: float | None = None, steps: int | None = None, progress: bool = True) -> list[Path]:
+def generate_cohort(
+    checkpoint: str | Path,
+    cohort_root: str | Path,
+    out: str | Path,
+    ids: list[str] | None = None,
+    split: str | None = None,
+    seed: int = 0,
+    edits: list[str] = (),
+    device: str = "cpu",
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Generate each subject from its own mask and clinical row: ``OUT/<id>.nii.gz`` in HU."""
     from tqdm.auto import tqdm
 
@@ -243,10 +304,17 @@ def generate_cohort(checkpoint: str | Path, cohort_root: str | Path, out: str | 
     cohort = Cohort.open(cohort_root, gen.cfg.data)
     rows = cohort.rows()
     written = []
-    for sid in tqdm(subject_ids(cohort, ids, split, gen.lm.path), desc="generate", unit="scan", disable=not progress):
+    for sid in tqdm(
+        subject_ids(cohort, ids, split, gen.lm.path),
+        desc="generate",
+        unit="scan",
+        disable=not progress,
+    ):
         image, mask = cohort.load(sid)
         prepared = gen.pre.prepare(image, mask)
         row = apply_edits(rows[sid], parsed, gen.template) if parsed else rows[sid]
-        fake = gen.generate(prepared, gen.template.render(row), noise_volume(prepared.image.shape[-3:], seed))
+        fake = gen.generate(
+            prepared, gen.template.render(row), noise_volume(prepared.image.shape[-3:], seed)
+        )
         written.append(write_volume(gen.to_hu(fake, prepared), Path(out) / f"{sid}.nii.gz"))
     return written

@@ -34,7 +34,11 @@ def generate_prepared(
             pairs pass the *same* tensor, so they share noise by construction.
     """
     device = torch.device(device)
-    mask = prepared.mask.unsqueeze(0).to(device) if prepared.mask.dim() == 4 else prepared.mask.to(device)
+    mask = (
+        prepared.mask.unsqueeze(0).to(device)
+        if prepared.mask.dim() == 4
+        else prepared.mask.to(device)
+    )
     noise = noise.to(device)
     inf = cfg.infer
     if cfg.model.family == "diffusion":
@@ -53,6 +57,13 @@ def generate_prepared(
             return run(x_t, mask, t, cond)
 
         return process.sample(denoise, noise, steps=steps, progress=progress)
-    run = windowed(model, cfg.preprocess.patch_size, inf.overlap, inf.sw_batch_size, inf.blend, progress=progress)
+    run = windowed(
+        model,
+        cfg.preprocess.patch_size,
+        inf.overlap,
+        inf.sw_batch_size,
+        inf.blend,
+        progress=progress,
+    )
     x = noise if cfg.model.noise_input else None
     return run(x, mask, None, cond).clamp(-1.0, 1.0)

@@ -40,7 +40,9 @@ def windowed(
     sw_batch_size: int = 1,
     mode: str = "gaussian",
     progress: bool = False,
-) -> Callable[[torch.Tensor | None, torch.Tensor, torch.Tensor | None, TextCondition | None], torch.Tensor]:
+) -> Callable[
+    [torch.Tensor | None, torch.Tensor, torch.Tensor | None, TextCondition | None], torch.Tensor
+]:
     """Wrap ``net(x, mask, t, cond)`` so that it runs window by window on a whole scan.
 
     The returned callable takes ``x`` ``(1, Cx, X, Y, Z)`` or None, ``mask``
@@ -51,7 +53,12 @@ def windowed(
     """
     roi = tuple(int(r) for r in roi_size)
 
-    def run(x: torch.Tensor | None, mask: torch.Tensor, t: torch.Tensor | None, cond: TextCondition | None) -> torch.Tensor:
+    def run(
+        x: torch.Tensor | None,
+        mask: torch.Tensor,
+        t: torch.Tensor | None,
+        cond: TextCondition | None,
+    ) -> torch.Tensor:
         if mask.shape[0] != 1:
             raise ValueError("whole-volume inference runs one scan at a time (batch 1)")
         cx = 0 if x is None else x.shape[1]

@@ -40,7 +40,9 @@ def field_probabilities(template: Template, field_p: FieldP) -> dict[str, float]
     if isinstance(field_p, Mapping):
         for name in field_p:
             template.field(name)  # unknown names are an error
-        return {n: _check_p(field_p.get(n, 0.0), f"field dropout of {n}") for n in template.field_names}
+        return {
+            n: _check_p(field_p.get(n, 0.0), f"field dropout of {n}") for n in template.field_names
+        }
     p = _check_p(field_p, "field dropout")
     return dict.fromkeys(template.field_names, p)
 

@@ -70,7 +70,9 @@ class Edit:
         if self.op == "unset":
             return f"{self.field} unset"
         if self.op == "set":
-            return f"{self.field} = {self.word if self.word is not None else _code_text(self.value)}"
+            return (
+                f"{self.field} = {self.word if self.word is not None else _code_text(self.value)}"
+            )
         return f"{self.field} {'+=' if self.op == 'add' else '-='} {_code_text(self.value)}"
 
 
@@ -161,7 +163,9 @@ def parse_edit(text: str, template: Template) -> Edit:
         return Edit(f.name, "set", value)
     code = _match_code(template, name, raw)
     if code is None:
-        extra = f"; use 'unset {name}' to make it absent" if template.is_missing_code(name, raw) else ""
+        extra = (
+            f"; use 'unset {name}' to make it absent" if template.is_missing_code(name, raw) else ""
+        )
         raise EditError(
             f"edit '{text.strip()}' gives '{raw}', which is not a value of field {name}; valid "
             f"values are: {_valid_values(template, name)}{extra}."
@@ -226,7 +230,9 @@ def apply_edits(
             continue
         if e.op == "set":
             if f.kind in ("number", "days"):
-                value = _num(str(e.value)) if not isinstance(e.value, (int, float)) else float(e.value)
+                value = (
+                    _num(str(e.value)) if not isinstance(e.value, (int, float)) else float(e.value)
+                )
                 if value is None:
                     raise EditError(f"edit '{e}' needs a number for {f.kind} field {f.name}.")
                 _check_range(template, f.name, value, str(e))
@@ -240,7 +246,9 @@ def apply_edits(
                 out[f.column] = e.value
             continue
         if f.kind not in ("number", "days"):
-            raise EditError(f"edit '{e}' shifts {f.kind} field {f.name}, which is not a number; set it instead.")
+            raise EditError(
+                f"edit '{e}' shifts {f.kind} field {f.name}, which is not a number; set it instead."
+            )
         current = template.value(out, f.name)
         if current is None:
             if on_missing == "error":

@@ -170,10 +170,39 @@ def _show(value: Any) -> str:
 # ---------------------------------------------------------------------------- identifiers
 
 _ID_TOKENS = {
-    "id", "ids", "uid", "uuid", "pid", "mrn", "dob", "ssn", "nhs", "accession",
-    "patient", "patients", "name", "names", "surname", "firstname", "lastname", "fullname",
-    "forename", "initials", "birthdate", "dateofbirth", "subjectid", "patientid", "caseid",
-    "studyid", "scanid", "accessionnumber", "email", "address", "postcode", "zipcode", "phone",
+    "id",
+    "ids",
+    "uid",
+    "uuid",
+    "pid",
+    "mrn",
+    "dob",
+    "ssn",
+    "nhs",
+    "accession",
+    "patient",
+    "patients",
+    "name",
+    "names",
+    "surname",
+    "firstname",
+    "lastname",
+    "fullname",
+    "forename",
+    "initials",
+    "birthdate",
+    "dateofbirth",
+    "subjectid",
+    "patientid",
+    "caseid",
+    "studyid",
+    "scanid",
+    "accessionnumber",
+    "email",
+    "address",
+    "postcode",
+    "zipcode",
+    "phone",
 }
 _ID_SUBSTRINGS = ("patient", "accession", "birth", "mrn")
 
@@ -215,7 +244,8 @@ class FieldSpec(_Strict):
         default=None, description="valid [low, high] for number and days kinds, used by edits"
     )
     missing: list[Any] = Field(
-        default_factory=list, description="codes that make this field absent (added to the template's)"
+        default_factory=list,
+        description="codes that make this field absent (added to the template's)",
     )
 
     @field_validator("name")
@@ -277,7 +307,9 @@ class FieldSpec(_Strict):
         where = f"field {self.name}"
         if self.kind in ("number", "days"):
             if self.vocab:
-                raise ValueError(f"{where} is a {self.kind}; vocab is only for category and boolean fields")
+                raise ValueError(
+                    f"{where} is a {self.kind}; vocab is only for category and boolean fields"
+                )
             if self.kind == "days" and self.unit:
                 raise ValueError(f"{where} is days; its unit is chosen when rendering, remove unit")
             label = self.phrase.replace("{value}", "").strip(" .:,;")
@@ -287,7 +319,9 @@ class FieldSpec(_Strict):
                 )
         else:
             if self.unit is not None or self.range is not None or self.rounding:
-                raise ValueError(f"{where} is a {self.kind}; unit, range and rounding are only for number and days fields")
+                raise ValueError(
+                    f"{where} is a {self.kind}; unit, range and rounding are only for number and days fields"
+                )
             if self.kind == "category" and not self.vocab:
                 raise ValueError(f"{where} is a category and needs a vocab (raw code -> words)")
             for key in self.vocab:
@@ -296,7 +330,9 @@ class FieldSpec(_Strict):
                         f"vocab key {key} of {where} was read by YAML as a boolean; quote it (for example 'no':)"
                     )
                 if normalize_code(key) is MISSING:
-                    raise ValueError(f"vocab of {where} has an empty key; remove it or list it under missing")
+                    raise ValueError(
+                        f"vocab of {where} has an empty key; remove it or list it under missing"
+                    )
             if self.kind == "boolean":
                 sides = [_as_bool(normalize_code(k)) for k in self.vocab]
                 if any(s is None for s in sides):
@@ -305,7 +341,9 @@ class FieldSpec(_Strict):
                         f"vocab key {bad!r} of boolean {where} is not a boolean code (true/false, yes/no, 1/0)"
                     )
                 if self.vocab and set(sides) != {True, False}:
-                    raise ValueError(f"vocab of boolean {where} must give words for both true and false")
+                    raise ValueError(
+                        f"vocab of boolean {where} must give words for both true and false"
+                    )
                 if not self.vocab and not self.phrase.replace("{value}", "").strip(" .:,;"):
                     raise ValueError(
                         f"{where} would render a bare yes/no; label it in the phrase or give a vocab"
@@ -315,7 +353,9 @@ class FieldSpec(_Strict):
                 keys = [_as_bool(k) for k in keys]
             dup = [k for i, k in enumerate(keys) if k in keys[:i]]
             if dup:
-                raise ValueError(f"vocab of {where} lists the code {dup[0]!r} twice (after normalising)")
+                raise ValueError(
+                    f"vocab of {where} lists the code {dup[0]!r} twice (after normalising)"
+                )
         return self
 
 
@@ -326,7 +366,8 @@ class TemplateSpec(_Strict):
     description: str | None = None
     prefix: str = Field(default="", description="text before the clauses, e.g. 'Lung CT scan:'")
     missing: list[Any] = Field(
-        default_factory=list, description="codes that make any field absent (added to the built-in ones)"
+        default_factory=list,
+        description="codes that make any field absent (added to the built-in ones)",
     )
     fields: list[FieldSpec] = Field(min_length=1)
 
@@ -393,11 +434,18 @@ class Template:
     # -- construction -----------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "template", name: str | None = None,
-                  id_column: str | None = "id") -> Template:
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        source: str = "template",
+        name: str | None = None,
+        id_column: str | None = "id",
+    ) -> Template:
         """Validate a parsed YAML mapping; every problem is one sentence (:class:`ConfigError`)."""
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{source} must hold a mapping with a 'fields' list, not a {type(data).__name__}.")
+            raise ConfigError(
+                f"{source} must hold a mapping with a 'fields' list, not a {type(data).__name__}."
+            )
         try:
             spec = TemplateSpec.model_validate(dict(data))
         except ValidationError as err:
@@ -576,13 +624,16 @@ class Template:
         """A stable hash (16 hex digits) of everything that changes what is rendered or how
         edits are checked: prefix, missing codes, and every field in order.  The name and
         description are not part of it."""
+
         def code(v: Any) -> list[str]:
             n = normalize_code(v)
             return [type(n).__name__, repr(n)]
 
         canon = {
             "prefix": self.prefix,
-            "missing": sorted({json.dumps(code(c)) for c in (*BUILTIN_MISSING, *self.spec.missing)}),
+            "missing": sorted(
+                {json.dumps(code(c)) for c in (*BUILTIN_MISSING, *self.spec.missing)}
+            ),
             "fields": [
                 {
                     "name": f.name,
@@ -648,12 +699,18 @@ def load_template(name_or_path: str | os.PathLike, id_column: str | None = "id")
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"template file {path} is not valid YAML{where}; fix its syntax.") from None
+        raise ConfigError(
+            f"template file {path} is not valid YAML{where}; fix its syntax."
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"template file {path} cannot be read ({err.__class__.__name__}); check it is a UTF-8 text file.") from None
+        raise ConfigError(
+            f"template file {path} cannot be read ({err.__class__.__name__}); check it is a UTF-8 text file."
+        ) from None
     if data is None:
         raise ConfigError(f"template file {path} is empty; it needs at least a 'fields' list.")
-    return Template.from_dict(data, source=f"template file {path}", name=path.stem, id_column=id_column)
+    return Template.from_dict(
+        data, source=f"template file {path}", name=path.stem, id_column=id_column
+    )
 
 
 def _sentence(err: ValidationError, source: str, data: Any) -> str:
@@ -667,7 +724,12 @@ def _sentence(err: ValidationError, source: str, data: Any) -> str:
     for i, p in enumerate(loc):
         if isinstance(p, int):
             label = ""
-            if isinstance(node, list) and p < len(node) and isinstance(node[p], Mapping) and "name" in node[p]:
+            if (
+                isinstance(node, list)
+                and p < len(node)
+                and isinstance(node[p], Mapping)
+                and "name" in node[p]
+            ):
                 label = f" ({node[p]['name']})"
             parts[-1] = f"{parts[-1]}[{p}]{label}" if parts else f"[{p}]"
             node = node[p] if isinstance(node, list) and p < len(node) else None

@@ -50,13 +50,20 @@ def package_versions() -> dict[str, str]:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Atomically write ``payload`` (plus format markers and versions) to ``path``."""
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": package_versions(), **payload}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "versions": package_versions(),
+        **payload,
+    }
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(payload, tmp)
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Load and validate an unveil checkpoint (``weights_only=True``).
 
     Raises :class:`CheckpointError` with one sentence for a missing, corrupt, foreign or
@@ -66,7 +73,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.is_dir():
         latest = latest_checkpoint(path)
         if latest is None:
-            raise CheckpointError(f"{path} holds no ckpt-*.pt files; give a checkpoint file or a training run folder.")
+            raise CheckpointError(
+                f"{path} holds no ckpt-*.pt files; give a checkpoint file or a training run folder."
+            )
         path = latest
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
@@ -95,7 +104,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         )
     for key in ("config", "step", "models"):
         if key not in payload:
-            raise CheckpointError(f"{path} lacks '{key}'; it is incomplete, use another checkpoint.")
+            raise CheckpointError(
+                f"{path} lacks '{key}'; it is incomplete, use another checkpoint."
+            )
     return payload
 
 

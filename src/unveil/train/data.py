@@ -34,7 +34,9 @@ class TrainingData:
     splits: dict[str, list[str]]
 
 
-def load_training_data(cfg: Config, cohort_root: str | Path, run_dir: Path, progress: bool = True) -> TrainingData:
+def load_training_data(
+    cfg: Config, cohort_root: str | Path, run_dir: Path, progress: bool = True
+) -> TrainingData:
     """Open the cohort, make or reuse the split (``RUN/splits.json``), preprocess train and val.
 
     Everything is held in memory after preprocessing: patches are cut from these tensors,
@@ -47,9 +49,13 @@ def load_training_data(cfg: Config, cohort_root: str | Path, run_dir: Path, prog
     from unveil.data.splits import load_or_make_splits
 
     cohort = Cohort.open(cohort_root, cfg.data)
-    splits = load_or_make_splits(split_file(cfg, cohort_root, run_dir), [s.id for s in cohort.subjects], cfg.split)
+    splits = load_or_make_splits(
+        split_file(cfg, cohort_root, run_dir), [s.id for s in cohort.subjects], cfg.split
+    )
     if not splits.get("train"):
-        raise DataError(f"the split has no training subjects; raise split.fractions[0] or add subjects to {cohort_root}.")
+        raise DataError(
+            f"the split has no training subjects; raise split.fractions[0] or add subjects to {cohort_root}."
+        )
     pre = Preprocessor(cfg.preprocess, cfg.data)
     rows = cohort.rows()
 
@@ -77,7 +83,9 @@ def ensure_splits(cfg: Config, cohort_root: str | Path, run_dir: Path) -> dict[s
     from unveil.data.splits import load_or_make_splits
 
     cohort = Cohort.open(cohort_root, cfg.data)
-    return load_or_make_splits(split_file(cfg, cohort_root, run_dir), [s.id for s in cohort.subjects], cfg.split)
+    return load_or_make_splits(
+        split_file(cfg, cohort_root, run_dir), [s.id for s in cohort.subjects], cfg.split
+    )
 
 
 class PromptSampler:
@@ -88,7 +96,9 @@ class PromptSampler:
     is flagged ``null`` so the model uses its learned null condition.
     """
 
-    def __init__(self, template, rows: list[Mapping[str, Any]], field_p: float, prompt_p: float) -> None:
+    def __init__(
+        self, template, rows: list[Mapping[str, Any]], field_p: float, prompt_p: float
+    ) -> None:
         self.template = template
         self.rows = rows
         self.field_p = field_p
@@ -101,6 +111,8 @@ class PromptSampler:
         texts, null = [], []
         for i in indices:
             dropped, is_null = draw_dropout(self.template, self.field_p, self.prompt_p, rng)
-            texts.append(self.template.render(self.rows[i], drop=dropped) if dropped else self.full[i])
+            texts.append(
+                self.template.render(self.rows[i], drop=dropped) if dropped else self.full[i]
+            )
             null.append(is_null)
         return texts, torch.tensor(null, dtype=torch.bool)

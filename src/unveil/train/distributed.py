@@ -38,12 +38,16 @@ class DistInfo:
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> the local CUDA device when there is one, else CPU."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         from unveil.errors import ConfigError
 
-        raise ConfigError("train.device asks for CUDA but no GPU is visible; set train.device=cpu or auto.")
+        raise ConfigError(
+            "train.device asks for CUDA but no GPU is visible; set train.device=cpu or auto."
+        )
     return dev
 
 

@@ -48,14 +48,21 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     # PCG64's 128-bit integers are stored as strings: weights_only loading accepts them
     # either way, but strings keep the checkpoint readable by any tool.
     st = rng.bit_generator.state
-    return {"bit_generator": st["bit_generator"], "state": {k: str(v) for k, v in st["state"].items()},
-            "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"])}
+    return {
+        "bit_generator": st["bit_generator"],
+        "state": {k: str(v) for k, v in st["state"].items()},
+        "has_uint32": int(st["has_uint32"]),
+        "uinteger": int(st["uinteger"]),
+    }
 
 
 def _set_rng_state(rng: np.random.Generator, st: dict[str, Any]) -> None:
-    rng.bit_generator.state = {"bit_generator": st["bit_generator"],
-                               "state": {k: int(v) for k, v in st["state"].items()},
-                               "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
+    rng.bit_generator.state = {
+        "bit_generator": st["bit_generator"],
+        "state": {k: int(v) for k, v in st["state"].items()},
+        "has_uint32": st["has_uint32"],
+        "uinteger": st["uinteger"],
+    }
 
 
 def _autocast(cfg: Config, device: torch.device):
@@ -99,12 +106,18 @@ def train(
         if resume:
             last = ckpt.latest_checkpoint(out)
             if last is None:
-                raise UnveilError(f"--resume found no checkpoint in {out}/checkpoints; start without --resume.")
+                raise UnveilError(
+                    f"--resume found no checkpoint in {out}/checkpoints; start without --resume."
+                )
             loaded = ckpt.load_checkpoint(last)
             saved = config_from_dict(loaded["config"], source=f"checkpoint {last}")
             # The run continues under the config it was started with; only the length may change.
-            if saved.model_dump(exclude={"train": {"steps"}}) != cfg.model_dump(exclude={"train": {"steps"}}):
-                log.warning("resuming with the configuration stored in %s (the one given differs)", last)
+            if saved.model_dump(exclude={"train": {"steps"}}) != cfg.model_dump(
+                exclude={"train": {"steps"}}
+            ):
+                log.warning(
+                    "resuming with the configuration stored in %s (the one given differs)", last
+                )
             cfg = saved
         elif ckpt.list_checkpoints(out):
             raise UnveilError(
@@ -129,8 +142,12 @@ def train(
 
         # ---- data
         data = load_training_data(cfg, cohort, out, progress=progress and info.is_main)
-        template.check_columns(next(iter(data.train)).row.keys(), source=f"the clinical table of {cohort}")
-        prompts = PromptSampler(template, [s.row for s in data.train], cfg.text.field_dropout, cfg.text.prompt_dropout)
+        template.check_columns(
+            next(iter(data.train)).row.keys(), source=f"the clinical table of {cohort}"
+        )
+        prompts = PromptSampler(
+            template, [s.row for s in data.train], cfg.text.field_dropout, cfg.text.prompt_dropout
+        )
         cache.prefetch(prompts.full)
 
         meta = ModelMeta(
@@ -145,7 +162,10 @@ def train(
         )
         if loaded is not None:
             old = ModelMeta.from_dict(loaded.get("meta", {}))
-            if old.encoder_identity != meta.encoder_identity or old.template_identity != meta.template_identity:
+            if (
+                old.encoder_identity != meta.encoder_identity
+                or old.template_identity != meta.template_identity
+            ):
                 raise UnveilError(
                     "the checkpoint was trained with another text encoder or template than this "
                     "installation provides; resume where it was made or start a new run."
@@ -215,8 +235,14 @@ def train(
             cond = TextCondition(enc.tokens, enc.mask, enc.pooled, null[shard]).to(device)
             return batch["image"][shard].to(device), batch["mask"][shard].to(device), cond
 
-        bar = tqdm(total=total, initial=state.step, disable=not (progress and info.is_main),
-                   desc=f"train {cfg.model.family}", unit="it", dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=state.step,
+            disable=not (progress and info.is_main),
+            desc=f"train {cfg.model.family}",
+            unit="it",
+            dynamic_ncols=True,
+        )
         last_path = None
         t0 = time.perf_counter()
         while state.step < total:
@@ -232,16 +258,26 @@ def train(
                 )
             if info.is_main:
                 _append_jsonl(out / "losses.jsonl", {"step": state.step, **logs})
-            if writer is not None and (state.step % cfg.train.log_every == 0 or state.step == total):
+            if writer is not None and (
+                state.step % cfg.train.log_every == 0 or state.step == total
+            ):
                 for k, v in logs.items():
                     writer.add_scalar(f"train/{k}", v, state.step)
-                writer.add_scalar("train/it_per_s", state.step / max(time.perf_counter() - t0, 1e-9), state.step)
+                writer.add_scalar(
+                    "train/it_per_s", state.step / max(time.perf_counter() - t0, 1e-9), state.step
+                )
             if state.step % cfg.train.ckpt_every == 0 or state.step == total:
                 if info.is_main:
                     last_path = _save(out, cfg, meta, state, gen, disc, family, ema)
                 barrier(info)
-            if info.is_main and data.val and (state.step % cfg.train.val_every == 0 or state.step == total):
-                _validate(out, cfg, meta, ema, family, data, cache, template, writer, state.step, device)
+            if (
+                info.is_main
+                and data.val
+                and (state.step % cfg.train.val_every == 0 or state.step == total)
+            ):
+                _validate(
+                    out, cfg, meta, ema, family, data, cache, template, writer, state.step, device
+                )
         bar.close()
         if writer is not None:
             writer.close()
@@ -267,7 +303,11 @@ def _truncate_jsonl(path: Path, step: int) -> None:
 
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep = [
+        ln
+        for ln in path.read_text(encoding="utf-8").splitlines()
+        if ln.strip() and json.loads(ln)["step"] <= step
+    ]
     write_text(path, "".join(ln + "\n" for ln in keep))
 
 
@@ -280,7 +320,10 @@ def _save(out, cfg, meta, state, gen, disc, family, ema) -> Path:
         "config": cfg.to_dict(),
         "step": state.step,
         "meta": meta.to_dict(),
-        "models": {"generator": _unwrap(gen).state_dict(), **({"discriminator": _unwrap(disc).state_dict()} if disc is not None else {})},
+        "models": {
+            "generator": _unwrap(gen).state_dict(),
+            **({"discriminator": _unwrap(disc).state_dict()} if disc is not None else {}),
+        },
         "optimizers": family.optimizer_states(),
         "ema": ema.state_dict(),
         "rng": {
@@ -309,7 +352,9 @@ def _validate(out, cfg, meta, ema, family, data, cache, template, writer, step, 
     noise = torch.randn((1, 1, *subj.prepared.image.shape[-3:]), generator=gen)
     with ema.average_parameters(_unwrap(family.generator)):
         model = _unwrap(family.generator).eval()
-        fake = generate_prepared(model, cfg, subj.prepared, cond.to(device), noise.to(device), device)
+        fake = generate_prepared(
+            model, cfg, subj.prepared, cond.to(device), noise.to(device), device
+        )
         model.train()
     pre = Preprocessor(cfg.preprocess, cfg.data)
     vol = pre.to_source(fake[0].cpu(), subj.prepared, is_unit=True)
@@ -366,7 +411,9 @@ class DiffusionFamily(_Family):
     def modules(self) -> list[str]:
         return ["generator"]
 
-    def step(self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device) -> dict[str, float]:
+    def step(
+        self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device
+    ) -> dict[str, float]:
         model = self.ddp("generator")
         self.opt.zero_grad(set_to_none=True)
         accum = cfg.train.grad_accum
@@ -410,7 +457,9 @@ class GanFamily(_Family):
     def modules(self) -> list[str]:
         return ["generator", "discriminator"]
 
-    def step(self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device) -> dict[str, float]:
+    def step(
+        self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device
+    ) -> dict[str, float]:
         accum = cfg.train.grad_accum
         batches = []
         for _ in range(accum):
@@ -424,11 +473,11 @@ class GanFamily(_Family):
         # The fake of each micro-batch is generated once, with gradients (pix2pix): the
         # discriminator update sees it detached, the generator update reuses its graph.
         fakes = []
-        for i, (real, mask, cond, noise) in enumerate(batches):
+        for i, (_real, mask, cond, noise) in enumerate(batches):
             with self._micro_context(gm, i == accum - 1), _autocast(cfg, device):
                 fakes.append(self.process.generate(gm, mask, cond, noise))
         self.opt_d.zero_grad(set_to_none=True)
-        for i, ((real, mask, cond, _), fake) in enumerate(zip(batches, fakes)):
+        for i, ((real, mask, cond, _), fake) in enumerate(zip(batches, fakes, strict=False)):
             with self._micro_context(d, i == accum - 1), _autocast(cfg, device):
                 loss_d, ld = self.process.d_loss_on(d, real, fake, mask, cond)
             self.scaler_d.scale(loss_d / accum).backward()
@@ -441,7 +490,7 @@ class GanFamily(_Family):
         self.discriminator.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         try:
-            for (real, mask, cond, _), fake in zip(batches, fakes):
+            for (real, mask, cond, _), fake in zip(batches, fakes, strict=False):
                 with _autocast(cfg, device):
                     loss_g, lg = self.process.g_loss_on(self.discriminator, real, fake, mask, cond)
                 self.scaler_g.scale(loss_g / accum).backward()
@@ -457,8 +506,12 @@ class GanFamily(_Family):
         return logs
 
     def optimizer_states(self) -> dict[str, Any]:
-        return {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict(),
-                "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict()}
+        return {
+            "generator": self.opt_g.state_dict(),
+            "discriminator": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+        }
 
     def load_optimizers(self, st: dict[str, Any]) -> None:
         self.opt_g.load_state_dict(st["generator"])
