@@ -183,17 +183,6 @@ def test_refuses_to_overwrite_the_table(cohort, capsys):
     one_sentence(capsys.readouterr().err)
 
 
-def test_probe_missing_modules_is_one_sentence(cohort, capsys):
-    if importlib.util.find_spec("unveil.text.probe") and importlib.util.find_spec(
-        "unveil.text.encoders"
-    ):
-        pytest.skip("the probe is present; it is tested in tests/test_text_probe.py")
-    rc = main(["prompts", str(cohort), "-t", "phantom", "--probe", "smoking"])
-    captured = capsys.readouterr()
-    assert rc == 2 and captured.out == ""
-    one_sentence(captured.err)
-
-
 def test_semicolon_table_with_blank_lines(tmp_path, capsys):
     table = tmp_path / "t.csv"
     table.write_text("\ufeff" + (HEADER + ROWS).replace(",", ";").replace("\n", "\n\n", 1))

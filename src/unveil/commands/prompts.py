@@ -135,18 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _probe_api():
     """``build_encoder`` and ``probe_field``, imported only when probing (they load torch)."""
-    from unveil.errors import UnveilError
+    from unveil.text.encoders import build_encoder
+    from unveil.text.probe import probe_field
 
-    try:
-        from unveil.text.encoders import build_encoder
-        from unveil.text.probe import probe_field
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("unveil.text"):
-            raise UnveilError(
-                "the text encoder probe is not part of this build (unveil.text.probe or "
-                "unveil.text.encoders is missing); run without --probe."
-            ) from None
-        raise
     return build_encoder, probe_field
 
 
