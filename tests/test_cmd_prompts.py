@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 
 import pandas as pd
@@ -215,11 +214,6 @@ def test_missing_cohort_is_one_sentence(tmp_path, capsys):
 
 
 def test_probe_prints_its_table(cohort, tmp_path, capsys):
-    if not (
-        importlib.util.find_spec("unveil.text.probe")
-        and importlib.util.find_spec("unveil.text.encoders")
-    ):
-        pytest.skip("the probe is not part of this build")
     out = tmp_path / "p.csv"
     rc = main(
         [
