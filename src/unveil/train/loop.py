@@ -126,6 +126,8 @@ def train(
         total = int(steps if steps is not None else cfg.train.steps)
         cfg.train.steps = total
         device = info.device
+        if cfg.train.amp == "fp16" and device.type != "cuda":
+            raise UnveilError("train.amp=fp16 needs a GPU; use train.amp=bf16 or none on CPU.")
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_text(out / "config.yaml", cfg.to_yaml())
