@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from unveil.analysis import figures
+from unveil.analysis.analyze import COHORT_COLUMNS
 from unveil.analysis.layout import RunLayout
 from unveil.analysis.report import (
     edit_field,
@@ -31,23 +32,8 @@ AFFINE = np.array([[-1.5, 0, 0, 10.0], [0, -1.5, 0, 20.0], [0, 0, 2.5, -30.0], [
 EDIT = "smoking=current"
 NULL = "blood_group=O"
 
-COHORT_HEADER = [
-    "contrast",
-    "region",
-    "n_subjects",
-    "mean_diff_hu",
-    "ci_low",
-    "ci_high",
-    "floor_mean_hu",
-    "floor_sd_hu",
-    "effect_size_dz",
-    "statistic",
-    "p_value",
-    "q_value",
-    "significant",
-    "test",
-    "null_control",
-]
+# The report reads what `unveil analyze` writes: the same column order.
+COHORT_HEADER = list(COHORT_COLUMNS)
 
 
 def _label_map() -> np.ndarray:
