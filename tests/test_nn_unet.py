@@ -11,7 +11,7 @@ from unveil.config import ModelConfig
 from unveil.errors import ConfigError
 from unveil.nn.build import build_generator, count_parameters
 from unveil.nn.fusion import FUSION_KINDS, AffineFusion, make_fusion
-from unveil.nn.unet import ConditionalUNet
+from unveil.nn.unet import NETWORK_FUSION_KINDS, ConditionalUNet
 
 E, L, M = 12, 6, 3
 CH = (8, 16)
@@ -49,7 +49,7 @@ def _unet(fusion="affine", with_time=True, **kw) -> ConditionalUNet:
 
 
 @pytest.mark.parametrize("with_time", [True, False])
-@pytest.mark.parametrize("fusion", FUSION_KINDS)
+@pytest.mark.parametrize("fusion", NETWORK_FUSION_KINDS)
 def test_output_shapes(fusion: str, with_time: bool, gen: torch.Generator) -> None:
     net = _unet(fusion, with_time, fusion_levels=("bottleneck", "decoder"))
     mask = _mask(gen, size=(8, 16, 8))
@@ -94,7 +94,7 @@ def test_mask_is_used(gen: torch.Generator) -> None:
 
 
 @pytest.mark.parametrize(
-    "fusion", ["cross_attention", "affine+cross_attention", "affine", "concat"]
+    "fusion", ["cross_attention", "affine+cross_attention", "affine", "concat", "adagn"]
 )
 def test_text_changes_the_output_and_null_equals_none(fusion: str, gen: torch.Generator) -> None:
     net = _unet(fusion, fusion_levels=("bottleneck", "decoder"))
@@ -158,10 +158,13 @@ def test_init_weights_restores_zero_init_res_blocks(gen: torch.Generator) -> Non
     assert net.mid_fusion.to_out.weight.abs().sum() == 0
 
 
+@pytest.mark.parametrize("fusion", ["affine+cross_attention", "adagn"])
 @pytest.mark.parametrize("with_time", [True, False])
-def test_every_parameter_gets_a_gradient(with_time: bool, gen: torch.Generator) -> None:
+def test_every_parameter_gets_a_gradient(
+    fusion: str, with_time: bool, gen: torch.Generator
+) -> None:
     net = _unet(
-        "affine+cross_attention",
+        fusion,
         with_time,
         fusion_levels=("bottleneck", "decoder", "encoder"),
         noise_channels=0 if with_time else 1,
@@ -192,6 +195,11 @@ def test_count_parameters_accounts_for_fusion_units() -> None:
         assert count_parameters(fused) - count_parameters(base) == unit_params
     n = count_parameters(base)
     assert n == sum(p.numel() for p in base.parameters()) and n > 10_000
+    # adagn: a text MLP and null vector, plus one scale-shift projection per fused block.
+    adagn = _unet("adagn", fusion_levels=("bottleneck",))
+    td = 4 * CH[0]
+    expected = (E * td + td) + (td * td + td) + E + 2 * (td * 2 * CH[-1] + 2 * CH[-1])
+    assert count_parameters(adagn) - n == expected
     base.in_conv.weight.requires_grad_(False)
     assert count_parameters(base, trainable_only=True) == n - base.in_conv.weight.numel()
 

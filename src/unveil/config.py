@@ -127,7 +127,9 @@ class TextConfig(Section):
     cache_dir: str | None = None
 
 
-FusionKind = Literal["none", "concat", "affine", "cross_attention", "affine+cross_attention"]
+FusionKind = Literal[
+    "none", "concat", "affine", "cross_attention", "affine+cross_attention", "adagn"
+]
 
 
 class ModelConfig(Section):

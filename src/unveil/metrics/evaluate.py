@@ -97,6 +97,7 @@ FUSION_NAMES: dict[str, str] = {
     "affine": "affine",
     "cross_attention": "cross-attention",
     "affine+cross_attention": "affine+cross-attention",
+    "adagn": "AdaGN",
 }
 FAMILY_NAMES: dict[str, str] = {"gan": "GAN", "diffusion": "diffusion"}
 #: Resamples of the set-level FID / KID intervals (each one recomputes the figure).

@@ -293,6 +293,11 @@ def make_fusion(kind: str, channels: int, cond_dim: int, heads: int = 4) -> nn.M
     Raises ``ValueError`` for an unknown kind or, for attention kinds, channels not
     divisible by ``heads``.
     """
+    if kind == "adagn":
+        raise ValueError(
+            "fusion 'adagn' is a scale-shift inside the UNet's residual blocks, not a separate "
+            "unit; build it with ConditionalUNet(fusion='adagn')."
+        )
     if kind not in FUSION_KINDS:
         raise ValueError(f"unknown fusion kind '{kind}'; use one of: {', '.join(FUSION_KINDS)}.")
     if channels < 1 or cond_dim < 1:

@@ -38,23 +38,32 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
 from unveil.conditioning import TextCondition
-from unveil.nn.fusion import FUSION_KINDS, make_fusion
+from unveil.nn.fusion import FUSION_KINDS, make_fusion, pooled_or_null
 
 FUSION_LEVELS: tuple[str, ...] = ("bottleneck", "decoder", "encoder")
+#: Fusion kinds of the network: the units of :mod:`unveil.nn.fusion` plus ``adagn``, the
+#: text scale-shift inside the residual blocks.
+NETWORK_FUSION_KINDS: tuple[str, ...] = (*FUSION_KINDS, "adagn")
 
 
 class ResBlock(nn.Module):
-    """GroupNorm + SiLU residual block with an optional time scale-shift.
+    """GroupNorm + SiLU residual block with optional time and text scale-shifts.
 
     ``h = conv1(SiLU(GN1(x)))``; ``h = GN2(h) * (1 + scale) + shift`` with
-    ``(scale, shift) = Linear(SiLU(temb))`` when ``time_dim`` is given; ``h =
+    ``(scale, shift) = Linear(SiLU(temb))`` when ``time_dim`` is given, and the same again
+    from the text embedding when ``text_dim`` is given (the ``adagn`` fusion); ``h =
     conv2(SiLU(h))`` with ``conv2`` zero-initialised, so the block starts as its skip path.
     Hand-written because MONAI's ``DiffusionUNetResnetBlock`` adds the time embedding
     instead of the scale-shift asked for here.  ``(B, Cin, D, H, W) -> (B, Cout, D, H, W)``.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, norm_groups: int, time_dim: int | None = None
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm_groups: int,
+        time_dim: int | None = None,
+        text_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(norm_groups, in_channels)
@@ -62,6 +71,7 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(norm_groups, out_channels)
         self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
         self.time_proj = nn.Linear(time_dim, 2 * out_channels) if time_dim else None
+        self.text_proj = nn.Linear(text_dim, 2 * out_channels) if text_dim else None
         self.skip = (
             nn.Conv3d(in_channels, out_channels, kernel_size=1)
             if in_channels != out_channels
@@ -71,20 +81,27 @@ class ResBlock(nn.Module):
 
     def reset_parameters(self) -> None:
         """Zero the last conv (block = skip path at init); defaults elsewhere."""
-        for m in (self.norm1, self.conv1, self.norm2, self.time_proj, self.skip):
+        for m in (self.norm1, self.conv1, self.norm2, self.time_proj, self.text_proj, self.skip):
             if m is not None and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(B, Cin, D, H, W)``, ``temb`` ``(B, T)`` or None -> ``(B, Cout, D, H, W)``."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        text_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x`` ``(B, Cin, D, H, W)``, ``temb`` / ``text_emb`` ``(B, T)`` or None -> ``(B, Cout, D, H, W)``."""
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.norm2(h)
-        if self.time_proj is not None:
-            if temb is None:
-                raise ValueError("this block was built with a time embedding; pass t.")
-            scale, shift = rearrange(self.time_proj(F.silu(temb)), "b c -> b c 1 1 1").chunk(2, 1)
+        for proj, emb, what in ((self.time_proj, temb, "time"), (self.text_proj, text_emb, "text")):
+            if proj is None:
+                continue
+            if emb is None:
+                raise ValueError(f"this block was built with a {what} embedding; pass it.")
+            scale, shift = rearrange(proj(F.silu(emb)), "b c -> b c 1 1 1").chunk(2, 1)
             h = h * (1 + scale) + shift
         h = self.conv2(F.silu(h))
         return self.skip(x) + h
@@ -101,19 +118,26 @@ class _Level(nn.Module):
         norm_groups: int,
         time_dim: int | None,
         fusion: nn.Module | None,
+        text_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            ResBlock(in_channels if i == 0 else out_channels, out_channels, norm_groups, time_dim)
+            ResBlock(
+                in_channels if i == 0 else out_channels, out_channels, norm_groups, time_dim, text_dim
+            )
             for i in range(res_blocks)
         )
         self.fusion = fusion
 
     def forward(
-        self, x: torch.Tensor, temb: torch.Tensor | None, cond: TextCondition | None
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor | None,
+        cond: TextCondition | None,
+        text_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, temb)
+            x = block(x, temb, text_emb)
         if self.fusion is not None:
             x = self.fusion(x, cond)
         return x
@@ -130,7 +154,9 @@ class ConditionalUNet(nn.Module):
         channels: width per level; ``len(channels) - 1`` downsamplings.
         res_blocks: residual blocks per level.
         norm_groups: GroupNorm groups; must divide every width.
-        fusion: one of ``none, concat, affine, cross_attention, affine+cross_attention``.
+        fusion: one of ``none, concat, affine, cross_attention, affine+cross_attention,
+            adagn``; ``adagn`` is not a separate unit but a text scale-shift inside every
+            residual block of the fused levels.
         fusion_levels: where the fusion units sit: any of ``bottleneck, decoder, encoder``.
         heads: attention heads (cross-attention kinds); must divide every fused width.
         cond_dim: width ``E`` of the text tokens and pooled vector.
@@ -215,10 +241,12 @@ class ConditionalUNet(nn.Module):
         self.out_activation = out_activation
         self.downsample_factor = 2 ** (len(channels) - 1)
 
+        adagn = fusion == "adagn"
+
         def fuse(where: str, width: int) -> nn.Module | None:
-            return (
-                make_fusion(fusion, width, cond_dim, heads) if where in self.fusion_levels else None
-            )
+            if adagn or where not in self.fusion_levels:
+                return None
+            return make_fusion(fusion, width, cond_dim, heads)
 
         c0 = channels[0]
         self.time_dim = 4 * c0 if with_time else None
@@ -227,6 +255,23 @@ class ConditionalUNet(nn.Module):
             if with_time
             else None
         )
+        # adagn: the pooled text through an MLP to an embedding that scales and shifts the
+        # normalised features of every residual block at the fused levels, as the class
+        # embedding does in guided diffusion (Dhariwal & Nichol 2021, "AdaGN").  Applied
+        # right after a GroupNorm, so the next normalisation cannot wash the text out, which
+        # is what happens to a plain per-channel offset (concat) added before one.
+        self.text_dim = 4 * c0 if adagn else None
+        self.text_mlp = (
+            nn.Sequential(nn.Linear(cond_dim, 4 * c0), nn.SiLU(), nn.Linear(4 * c0, 4 * c0))
+            if adagn
+            else None
+        )
+        # Small and random, not zero: the text-free rows must not all collapse onto one
+        # degenerate embedding (same reason as the fusion units' null vectors).
+        self.text_null = nn.Parameter(torch.randn(cond_dim) * 0.02) if adagn else None
+
+        def text_dim(where: str) -> int | None:
+            return self.text_dim if adagn and where in self.fusion_levels else None
         self.in_conv = nn.Conv3d(self.x_channels + mask_channels, c0, kernel_size=3, padding=1)
 
         n = len(channels)
@@ -241,14 +286,15 @@ class ConditionalUNet(nn.Module):
                     norm_groups,
                     self.time_dim,
                     fuse("encoder", channels[i]),
+                    text_dim("encoder"),
                 )
             )
             self.down.append(nn.Conv3d(channels[i], channels[i + 1], 3, stride=2, padding=1))
 
         cb = channels[-1]
-        self.mid_in = ResBlock(cb, cb, norm_groups, self.time_dim)
+        self.mid_in = ResBlock(cb, cb, norm_groups, self.time_dim, text_dim("bottleneck"))
         self.mid_fusion = fuse("bottleneck", cb)
-        self.mid_out = ResBlock(cb, cb, norm_groups, self.time_dim)
+        self.mid_out = ResBlock(cb, cb, norm_groups, self.time_dim, text_dim("bottleneck"))
 
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -262,6 +308,7 @@ class ConditionalUNet(nn.Module):
                     norm_groups,
                     self.time_dim,
                     fuse("decoder", channels[i]),
+                    text_dim("decoder"),
                 )
             )
 
@@ -343,19 +390,23 @@ class ConditionalUNet(nn.Module):
         elif t is not None:
             raise ValueError("this GAN generator has no time embedding; pass t=None.")
 
+        text_emb = None
+        if self.text_mlp is not None:
+            text_emb = self.text_mlp(pooled_or_null(cond, self.text_null, h.shape[0], h))
+
         h = self.in_conv(h)
         skips = []
         for level, down in zip(self.encoder, self.down, strict=True):
-            h = level(h, temb, cond)
+            h = level(h, temb, cond, text_emb)
             skips.append(h)
             h = down(h)
-        h = self.mid_in(h, temb)
+        h = self.mid_in(h, temb, text_emb)
         if self.mid_fusion is not None:
             h = self.mid_fusion(h, cond)
-        h = self.mid_out(h, temb)
+        h = self.mid_out(h, temb, text_emb)
         for up, level in zip(self.up, self.decoder, strict=True):
             h = torch.cat([up(h), skips.pop()], dim=1)
-            h = level(h, temb, cond)
+            h = level(h, temb, cond, text_emb)
         h = self.out_conv(F.silu(self.out_norm(h)))
         return torch.tanh(h) if self.out_activation == "tanh" else h
 
@@ -388,8 +439,10 @@ def _validate(
             f"every width in channels {list(channels)} must be divisible by norm_groups "
             f"({norm_groups}); change one of them."
         )
-    if fusion not in FUSION_KINDS:
-        raise ValueError(f"unknown fusion kind '{fusion}'; use one of: {', '.join(FUSION_KINDS)}.")
+    if fusion not in NETWORK_FUSION_KINDS:
+        raise ValueError(
+            f"unknown fusion kind '{fusion}'; use one of: {', '.join(NETWORK_FUSION_KINDS)}."
+        )
     bad = [lv for lv in fusion_levels if lv not in FUSION_LEVELS]
     if bad:
         raise ValueError(f"unknown fusion level(s) {bad}; use any of: {', '.join(FUSION_LEVELS)}.")
