@@ -10,7 +10,7 @@ from unveil.conditioning import TextCondition
 from unveil.config import ModelConfig
 from unveil.errors import ConfigError
 from unveil.nn.build import build_generator, count_parameters
-from unveil.nn.fusion import FUSION_KINDS, AffineFusion, make_fusion
+from unveil.nn.fusion import AffineFusion, make_fusion
 from unveil.nn.unet import NETWORK_FUSION_KINDS, ConditionalUNet
 
 E, L, M = 12, 6, 3

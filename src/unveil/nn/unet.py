@@ -123,7 +123,11 @@ class _Level(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(
             ResBlock(
-                in_channels if i == 0 else out_channels, out_channels, norm_groups, time_dim, text_dim
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                norm_groups,
+                time_dim,
+                text_dim,
             )
             for i in range(res_blocks)
         )
@@ -272,6 +276,7 @@ class ConditionalUNet(nn.Module):
 
         def text_dim(where: str) -> int | None:
             return self.text_dim if adagn and where in self.fusion_levels else None
+
         self.in_conv = nn.Conv3d(self.x_channels + mask_channels, c0, kernel_size=3, padding=1)
 
         n = len(channels)
