@@ -8,7 +8,12 @@ from torch import nn
 
 from unveil.conditioning import TextCondition
 from unveil.config import GanConfig
-from unveil.generative.gan import GanProcess, make_gan_optimizers, pearson_correlation
+from unveil.generative.gan import (
+    GanProcess,
+    make_gan_optimizers,
+    masked_block_means,
+    pearson_correlation,
+)
 
 SHAPE = (2, 1, 8, 8, 8)
 
@@ -263,3 +268,56 @@ def test_mask_weighted_l1_weighs_labelled_voxels():
     assert plain == 0.5
     # weights 4 inside (32 voxels) and 1 outside (32): (4 * 32) / (4 * 32 + 32) = 0.8
     assert abs(weighted - 0.8) < 1e-6
+
+
+def test_block_means_weighted_and_partial_blocks():
+    x = torch.arange(2 * 1 * 6 * 4 * 4, dtype=torch.float32).reshape(2, 1, 6, 4, 4)
+    w = (torch.rand(2, 1, 6, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.4).float()
+    w[0, 0, 4:, 2:, :2] = 0.0  # one partial border block with no weight at all
+    means, bw = masked_block_means(x, w, 4)
+    assert means.shape == bw.shape == (2, 1, 2, 1, 1)
+    for b in range(2):
+        for i, sl in enumerate((slice(0, 4), slice(4, 6))):
+            xs, ws = x[b, 0, sl], w[b, 0, sl]
+            want = (xs * ws).sum() / ws.sum()
+            assert torch.isclose(means[b, 0, i, 0, 0], want)
+    # A block without weight has mean 0 and weight 0.
+    empty = torch.zeros(1, 1, 4, 4, 4)
+    m, bw = masked_block_means(torch.ones(1, 1, 4, 4, 4), empty, 4)
+    assert float(m) == 0.0 and float(bw) == 0.0
+
+
+def test_lowpass_term_sees_regional_shift_not_block_texture():
+    class D(nn.Module):
+        def forward(self, image, mask, cond=None):
+            return torch.ones(image.shape[0], 1, 1, 1, 1)
+
+    real = torch.zeros(1, 1, 8, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8, 8)
+    mask[:, :, :4] = 1.0  # the labelled half: four of the eight 4^3 blocks
+    # Zero-mean texture inside every 4^3 block: the block means are unchanged.
+    checker = torch.arange(8)[:, None, None] + torch.arange(8)[None, :, None] + torch.arange(8)
+    texture = (checker % 2).float().mul(2).sub(1).view(1, 1, 8, 8, 8) * 0.5
+    gan = GanProcess(GanConfig(l1_weight=1.0, lowpass_weight=10.0, lowpass_size=4))
+    loss, logs = gan.g_loss_on(D(), real, real + texture, mask, None)
+    assert abs(logs["g_lowpass"]) < 1e-7 and abs(logs["g_l1"] - 0.5) < 1e-6
+    # A shift of 0.2 inside the labelled blocks only (the outside is not scored).
+    shifted = real + 0.2 * mask + 0.7 * (1 - mask)
+    loss, logs = gan.g_loss_on(D(), real, shifted, mask, None)
+    assert abs(logs["g_lowpass"] - 0.2) < 1e-6
+    assert abs(float(loss) - (0.0 + 1.0 * logs["g_l1"] + 10.0 * 0.2)) < 1e-5
+
+
+def test_adv_weight_scales_the_adversarial_term():
+    class D(nn.Module):
+        def forward(self, image, mask, cond=None):
+            return torch.zeros(image.shape[0], 1, 1, 1, 1)  # lsgan g_adv = (0 - 1)^2 = 1
+
+    real, fake = torch.zeros(1, 1, 4, 4, 4), torch.ones(1, 1, 4, 4, 4)
+    mask = torch.ones(1, 1, 4, 4, 4)
+    for w in (0.0, 1.0, 2.5):
+        loss, logs = GanProcess(GanConfig(l1_weight=3.0, adv_weight=w)).g_loss_on(
+            D(), real, fake, mask, None
+        )
+        assert logs["g_adv"] == 1.0
+        assert abs(float(loss) - (w * 1.0 + 3.0 * 1.0)) < 1e-6

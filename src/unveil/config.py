@@ -165,6 +165,9 @@ class ModelConfig(Section):
 
 class GanConfig(Section):
     loss: Literal["lsgan", "hinge"] = "lsgan"
+    adv_weight: float = Field(
+        default=1.0, ge=0.0, description="weight of the generator's adversarial term"
+    )
     l1_weight: float = Field(default=100.0, ge=0.0)
     l1_mask_weight: float = Field(
         default=0.0,
@@ -172,6 +175,13 @@ class GanConfig(Section):
         description="extra L1 weight inside the labelled mask (lungs, airway): 1 + w there, 1 elsewhere",
     )
     corr_weight: float = Field(default=0.0, ge=0.0)
+    lowpass_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="weight of an L1 between block means (lowpass_size^3 voxels) of fake and "
+        "real inside the labelled mask: the regional density the clinical claims are about",
+    )
+    lowpass_size: int = Field(default=4, ge=2, description="block edge (voxels) of lowpass_weight")
     lr_g: float = Field(default=1e-4, gt=0.0)
     lr_d: float = Field(default=4e-4, gt=0.0)
     betas: tuple[float, float] = (0.5, 0.999)

