@@ -68,9 +68,12 @@ def test_train_writes_checkpoints_that_rebuild_the_model(tiny_phantom, tmp_path,
     )
 
 
-@pytest.mark.parametrize("config", ["tiny-diffusion", "tiny-gan"])
-def test_resume_continues_exactly(tiny_phantom, tmp_path, config):
-    cfg = _cfg(config, "train.ckpt_every=2")
+@pytest.mark.parametrize(
+    ("config", "schedule"),
+    [("tiny-diffusion", "constant"), ("tiny-gan", "constant"), ("tiny-gan", "cosine")],
+)
+def test_resume_continues_exactly(tiny_phantom, tmp_path, config, schedule):
+    cfg = _cfg(config, "train.ckpt_every=2", "train.steps=4", f"train.lr_schedule={schedule}")
     full, part = tmp_path / "full", tmp_path / "part"
     train(cfg, tiny_phantom, full, steps=4, progress=False)
     train(cfg, tiny_phantom, part, steps=2, progress=False)
@@ -82,6 +85,36 @@ def test_resume_continues_exactly(tiny_phantom, tmp_path, config):
     wa = load_checkpoint(list_checkpoints(full)[-1])["models"]["generator"]
     wb = load_checkpoint(list_checkpoints(part)[-1])["models"]["generator"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_lr_schedules():
+    from unveil.train.loop import lr_factor
+
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    cos = [lr_factor("cosine", s, 10) for s in range(10)]
+    assert cos[0] == 1.0 and abs(cos[5] - 0.5) < 1e-12 and all(a > b for a, b in zip(cos, cos[1:]))
+    assert [lr_factor("linear", s, 4) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    # Warm-up ramps linearly, then the decay spans the remaining steps.
+    assert [lr_factor("linear", s, 6, warmup=2) for s in range(6)] == [
+        0.5,
+        1.0,
+        1.0,
+        0.75,
+        0.5,
+        0.25,
+    ]
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        lr_factor("step", 3, 10)
+
+
+def test_cosine_schedule_reaches_the_optimizer(tiny_phantom, tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg("tiny-gan", "train.steps=4", "train.lr_schedule=cosine", "train.ckpt_every=4")
+    train(cfg, tiny_phantom, run, progress=False)
+    groups = load_checkpoint(list_checkpoints(run)[-1])["optimizers"]["generator"]["param_groups"]
+    # The last update (after 3 completed steps) used base * (1 + cos(3 pi / 4)) / 2.
+    want = cfg.gan.lr_g * 0.5 * (1 + __import__("math").cos(__import__("math").pi * 3 / 4))
+    assert all(abs(g["lr"] - want) < 1e-12 and g["base_lr"] == cfg.gan.lr_g for g in groups)
 
 
 def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(tiny_phantom, tmp_path):

@@ -145,6 +145,10 @@ class ModelConfig(Section):
     )
     heads: int = Field(default=4, ge=1)
     noise_input: bool = Field(default=False, description="GAN: add a noise channel to the input")
+    out_activation: Literal["auto", "tanh", "linear"] = Field(
+        default="auto",
+        description="output of the network: auto is tanh for the GAN, linear for diffusion",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -230,6 +234,11 @@ class TrainConfig(Section):
     num_workers: int = Field(default=0, ge=0)
     device: str = "auto"
     grad_clip: float | None = 1.0
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        default="constant",
+        description="learning-rate decay over the run's steps (to 0 at the last step)",
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="linear learning-rate warm-up")
 
 
 class InferConfig(Section):

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     c = lm.cfg
     lines = [
         f"checkpoint   {lm.path}",
-        f"step         {lm.step} of {c.train.steps}",
+        f"step         {lm.step} (run planned for {c.train.steps})",
         "made with    " + ", ".join(f"{k} {v}" for k, v in lm.versions.items()),
         f"family       {c.model.family}"
         + (

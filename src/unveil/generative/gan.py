@@ -164,7 +164,14 @@ class GanProcess:
         mask: torch.Tensor,
         cond: TextCondition | None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        adv = self.g_adv_loss_from_logits(self._disc(discriminator, fake, mask, cond))
+        # adv_weight 0 makes the generator a conditional regressor (reconstruction terms
+        # only): the discriminator is then not evaluated at all.
+        adversarial = self.cfg.adv_weight > 0
+        adv = (
+            self.g_adv_loss_from_logits(self._disc(discriminator, fake, mask, cond))
+            if adversarial
+            else fake.new_zeros(())
+        )
         if self.cfg.l1_mask_weight > 0:
             # The clinical claims concern the labelled organs; outside them the image is not
             # constrained by the condition (body habitus, bones), so the reconstruction can
@@ -175,7 +182,9 @@ class GanProcess:
         else:
             l1 = F.l1_loss(fake.float(), real.float())
         loss = self.cfg.adv_weight * adv + self.cfg.l1_weight * l1
-        logs = {"g_adv": float(adv.detach()), "g_l1": float(l1.detach())}
+        logs = {"g_l1": float(l1.detach())}
+        if adversarial:
+            logs["g_adv"] = float(adv.detach())
         if self.cfg.lowpass_weight > 0:
             labels = mask if self.label_channels is None else mask[:, : self.label_channels]
             inside = (labels.sum(dim=1, keepdim=True) > 0).float()
@@ -260,10 +269,12 @@ class GanProcess:
         """
         fake = self.generate(generator, mask, cond, noise)
 
-        d_loss, logs = self.d_loss_on(discriminator, real, fake, mask, cond)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        logs: dict[str, float] = {}
+        if self.cfg.adv_weight > 0:  # with no adversarial term the discriminator is idle
+            d_loss, logs = self.d_loss_on(discriminator, real, fake, mask, cond)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
 
         params = list(discriminator.parameters())
         flags = [p.requires_grad for p in params]

@@ -48,6 +48,7 @@ def build_generator(
             cond_dim=cond_dim,
             with_time=diffusion,
             noise_channels=1 if (not diffusion and model_cfg.noise_input) else 0,
+            out_activation=None if model_cfg.out_activation == "auto" else model_cfg.out_activation,
         )
     except ValueError as err:
         raise ConfigError(f"model config: {err}") from None

@@ -124,7 +124,9 @@ def train(
                 f"{out} already holds checkpoints; pass --resume to continue that run or choose another --out."
             )
         total = int(steps if steps is not None else cfg.train.steps)
-        cfg.train.steps = total
+        # train.steps is the planned length of the run (the learning-rate schedule spans
+        # it); --steps may stop earlier and resume later on the same schedule, or extend it.
+        cfg.train.steps = max(cfg.train.steps, total)
         device = info.device
         if cfg.train.amp == "fp16" and device.type != "cuda":
             raise UnveilError("train.amp=fp16 needs a GPU; use train.amp=bf16 or none on CPU.")
@@ -248,6 +250,15 @@ def train(
         last_path = None
         t0 = time.perf_counter()
         while state.step < total:
+            # The schedule spans the planned run (train.steps), not this call's --steps, so
+            # stopping early and resuming follows the same curve.
+            factor = lr_factor(
+                cfg.train.lr_schedule, state.step, cfg.train.steps, cfg.train.warmup_steps
+            )
+            for opt in family.optimizers():
+                for group in opt.param_groups:
+                    group.setdefault("base_lr", group["lr"])
+                    group["lr"] = group["base_lr"] * factor
             logs = family.step(next_batch, state.torch_gen, global_bs, shard, cfg, device)
             ema.update(_unwrap(family.generator))
             state.step += 1
@@ -288,6 +299,27 @@ def train(
         return Path(last_path) if last_path else out
     finally:
         shutdown(info)
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """Learning-rate multiplier for the update that follows ``step`` completed steps.
+
+    Linear warm-up over ``warmup`` steps, then ``constant`` (1), ``cosine`` (half a cosine
+    from 1 to 0 at ``total``) or ``linear`` (straight to 0 at ``total``).  A function of
+    the step alone, so a resumed run follows the same schedule as an uninterrupted one.
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(max((step - warmup) / (total - warmup), 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ValueError(
+        f"unknown learning-rate schedule '{schedule}'; use constant, cosine or linear."
+    )
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -436,6 +468,9 @@ class DiffusionFamily(_Family):
         self.scaler.update()
         return {"loss": total}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt]
+
     def optimizer_states(self) -> dict[str, Any]:
         return {"generator": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
 
@@ -478,15 +513,16 @@ class GanFamily(_Family):
         for i, (_real, mask, cond, noise) in enumerate(batches):
             with self._micro_context(gm, i == accum - 1), _autocast(cfg, device):
                 fakes.append(self.process.generate(gm, mask, cond, noise))
-        self.opt_d.zero_grad(set_to_none=True)
-        for i, ((real, mask, cond, _), fake) in enumerate(zip(batches, fakes, strict=False)):
-            with self._micro_context(d, i == accum - 1), _autocast(cfg, device):
-                loss_d, ld = self.process.d_loss_on(d, real, fake, mask, cond)
-            self.scaler_d.scale(loss_d / accum).backward()
-            for k, v in ld.items():
-                logs[k] = logs.get(k, 0.0) + v / accum
-        self.scaler_d.step(self.opt_d)
-        self.scaler_d.update()
+        if cfg.gan.adv_weight > 0:  # with no adversarial term the discriminator is idle
+            self.opt_d.zero_grad(set_to_none=True)
+            for i, ((real, mask, cond, _), fake) in enumerate(zip(batches, fakes, strict=False)):
+                with self._micro_context(d, i == accum - 1), _autocast(cfg, device):
+                    loss_d, ld = self.process.d_loss_on(d, real, fake, mask, cond)
+                self.scaler_d.scale(loss_d / accum).backward()
+                for k, v in ld.items():
+                    logs[k] = logs.get(k, 0.0) + v / accum
+            self.scaler_d.step(self.opt_d)
+            self.scaler_d.update()
         # Generator update: the discriminator is frozen and called unwrapped, so it gets no
         # gradients and its DDP reducer does not wait for any.
         self.discriminator.requires_grad_(False)
@@ -506,6 +542,9 @@ class GanFamily(_Family):
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
         return logs
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_g, self.opt_d]
 
     def optimizer_states(self) -> dict[str, Any]:
         return {
