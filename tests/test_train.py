@@ -92,7 +92,11 @@ def test_lr_schedules():
 
     assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
     cos = [lr_factor("cosine", s, 10) for s in range(10)]
-    assert cos[0] == 1.0 and abs(cos[5] - 0.5) < 1e-12 and all(a > b for a, b in zip(cos, cos[1:]))
+    assert (
+        cos[0] == 1.0
+        and abs(cos[5] - 0.5) < 1e-12
+        and all(a > b for a, b in zip(cos[:-1], cos[1:], strict=True))
+    )
     assert [lr_factor("linear", s, 4) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
     # Warm-up ramps linearly, then the decay spans the remaining steps.
     assert [lr_factor("linear", s, 6, warmup=2) for s in range(6)] == [
