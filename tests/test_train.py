@@ -4,6 +4,7 @@ bad checkpoints get one sentence, and (slow) DDP on 2 CPU processes equals 1 pro
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -117,7 +118,7 @@ def test_cosine_schedule_reaches_the_optimizer(tiny_phantom, tmp_path):
     train(cfg, tiny_phantom, run, progress=False)
     groups = load_checkpoint(list_checkpoints(run)[-1])["optimizers"]["generator"]["param_groups"]
     # The last update (after 3 completed steps) used base * (1 + cos(3 pi / 4)) / 2.
-    want = cfg.gan.lr_g * 0.5 * (1 + __import__("math").cos(__import__("math").pi * 3 / 4))
+    want = cfg.gan.lr_g * 0.5 * (1 + math.cos(math.pi * 3 / 4))
     assert all(abs(g["lr"] - want) < 1e-12 and g["base_lr"] == cfg.gan.lr_g for g in groups)
 
 

@@ -172,12 +172,13 @@ class GanProcess:
             if adversarial
             else fake.new_zeros(())
         )
+        labels = mask if self.label_channels is None else mask[:, : self.label_channels]
+        inside = (labels.sum(dim=1, keepdim=True) > 0).float()  # the labelled organs
         if self.cfg.l1_mask_weight > 0:
             # The clinical claims concern the labelled organs; outside them the image is not
             # constrained by the condition (body habitus, bones), so the reconstruction can
             # weigh the labelled voxels more.  Normalised so the weights average to 1.
-            labels = mask if self.label_channels is None else mask[:, : self.label_channels]
-            w = 1.0 + self.cfg.l1_mask_weight * (labels.sum(dim=1, keepdim=True) > 0).float()
+            w = 1.0 + self.cfg.l1_mask_weight * inside
             l1 = ((fake.float() - real.float()).abs() * w).sum() / (w.sum() * fake.shape[1])
         else:
             l1 = F.l1_loss(fake.float(), real.float())
@@ -186,8 +187,6 @@ class GanProcess:
         if adversarial:
             logs["g_adv"] = float(adv.detach())
         if self.cfg.lowpass_weight > 0:
-            labels = mask if self.label_channels is None else mask[:, : self.label_channels]
-            inside = (labels.sum(dim=1, keepdim=True) > 0).float()
             mf, w = masked_block_means(fake.float(), inside, self.cfg.lowpass_size)
             mr, _ = masked_block_means(real.float(), inside, self.cfg.lowpass_size)
             lowpass = ((mf - mr).abs() * w).sum() / (w.sum().clamp_min(1e-6) * fake.shape[1])
