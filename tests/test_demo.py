@@ -1,4 +1,4 @@
-"""The demo end to end (slow: about 8 minutes on a 2-core CPU; CI runs it).
+"""The demo end to end (slow: about 7 minutes on a 2-core CPU; CI runs it).
 
 Asserted: every stage runs, the analysis covers every region for the edit and the null
 control, the planted ground truth is read back exactly, the report is self-contained, and
