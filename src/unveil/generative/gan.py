@@ -31,9 +31,10 @@ under texture that the mask does not determine (vessels, noise: hundreds of HU p
 The per-voxel L1 gradient is a sign per voxel, so that texture drowns the shift and the
 text pathway learns it slowly; the mean of a block averages the texture out and leaves the
 shift, so the same shift yields a clean gradient.  Measured on the 24^3 phantom with the
-demo's small GAN (600 steps, 32 held-out subjects): with ``lowpass_weight`` 300 the planted
-IPF shift (+120 HU, lower periphery) came out at +74 HU instead of +23, and the smoking
-shift (-60 HU, upper lung) stayed out of the lower lung (-4 HU instead of -12).
+demo's small GAN (600 steps, 32 held-out subjects, Adam beta1 0.9 in both runs): with
+``lowpass_weight`` 300 the smoking shift (-60 HU, upper lung) stayed out of the lower lung
+(-4.5 HU instead of -15.2) and the IPF shift (+120 HU, lower periphery) came out at +74 HU
+instead of +66 (docs/demo.md).
 """
 
 from __future__ import annotations

@@ -261,9 +261,9 @@ class ConditionalUNet(nn.Module):
         )
         # adagn: the pooled text through an MLP to an embedding that scales and shifts the
         # normalised features of every residual block at the fused levels, as the class
-        # embedding does in guided diffusion (Dhariwal & Nichol 2021, "AdaGN").  Applied
-        # right after a GroupNorm, so the next normalisation cannot wash the text out, which
-        # is what happens to a plain per-channel offset (concat) added before one.
+        # embedding does in guided diffusion (Dhariwal & Nichol 2021, "AdaGN"), applied
+        # right after a GroupNorm.  On the demo's 600-step runs it picked the text up more
+        # slowly than concat (docs/demo.md).
         self.text_dim = 4 * c0 if adagn else None
         self.text_mlp = (
             nn.Sequential(nn.Linear(cond_dim, 4 * c0), nn.SiLU(), nn.Linear(4 * c0, 4 * c0))
