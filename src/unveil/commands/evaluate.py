@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unveil.commands._options import add_amp_option
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -75,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--steps", type=int, default=None, help="sampling steps (default diffusion.sample_steps)"
     )
     p.add_argument("--device", default="cpu")
+    add_amp_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         guidance_scale=args.guidance_scale,
         steps=args.steps,
+        amp=args.amp,
         attributes=args.attributes,
         adherence=not args.no_adherence,
         fid_size_2d=args.fid_size_2d,

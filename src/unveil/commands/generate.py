@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unveil.commands._options import add_amp_option
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    add_amp_option(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -41,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         guidance_scale=args.guidance_scale,
         steps=args.steps,
+        amp=args.amp,
         progress=not args.no_progress,
     )
     print(f"wrote {len(written)} volume(s) to {args.out}")

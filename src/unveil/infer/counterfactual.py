@@ -97,6 +97,7 @@ class Generator:
         guidance_scale: float | None = None,
         steps: int | None = None,
         template=None,
+        amp: str = "none",
     ) -> None:
         from unveil.data.preprocess import Preprocessor
         from unveil.model import load_model
@@ -113,6 +114,7 @@ class Generator:
         self.pre = Preprocessor(self.cfg.preprocess, self.cfg.data)
         self.guidance_scale = guidance_scale
         self.steps = steps
+        self.amp = amp
 
     def condition(self, prompt: str) -> TextCondition:
         enc = self.cache.get([prompt])
@@ -134,11 +136,16 @@ class Generator:
             self.device,
             guidance_scale=self.guidance_scale,
             steps=self.steps,
+            amp=self.amp,
         )
 
     @torch.no_grad()
     def invert(self, prepared, prompt: str) -> torch.Tensor:
-        """DDIM inversion of the real (preprocessed) scan under ``prompt`` -> ``x_T``."""
+        """DDIM inversion of the real (preprocessed) scan under ``prompt`` -> ``x_T``.
+
+        Always float32, whatever ``amp``: inversion accumulates the network's error over
+        every step and must return to the scan it started from.
+        """
         from unveil.generative.diffusion import DiffusionProcess
         from unveil.infer.sliding import windowed
 
@@ -180,6 +187,7 @@ def run_counterfactual(
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    amp: str = "none",
 ) -> Path:
     """Generate the factual / edited / noise-floor volumes of every subject and seed."""
     from tqdm.auto import tqdm
@@ -204,7 +212,11 @@ def run_counterfactual(
     info = init_distributed(device)
     try:
         gen = Generator(
-            checkpoint, device=str(info.device), guidance_scale=guidance_scale, steps=steps
+            checkpoint,
+            device=str(info.device),
+            guidance_scale=guidance_scale,
+            steps=steps,
+            amp=amp,
         )
         template = gen.template
         parsed = {e: parse_edit(e, template) for e in [*edits, *null_edits]}
@@ -271,6 +283,7 @@ def run_counterfactual(
                 if guidance_scale is not None
                 else gen.cfg.diffusion.guidance_scale,
                 "hu_window": list(gen.cfg.preprocess.hu_window),
+                "amp": amp,
                 "config": gen.cfg.to_dict(),
             }
             write_json(out / RUN_JSON, record)
@@ -291,6 +304,7 @@ def generate_cohort(
     guidance_scale: float | None = None,
     steps: int | None = None,
     progress: bool = True,
+    amp: str = "none",
 ) -> list[Path]:
     """Generate each subject from its own mask and clinical row: ``OUT/<id>.nii.gz`` in HU."""
     from tqdm.auto import tqdm
@@ -299,7 +313,7 @@ def generate_cohort(
     from unveil.data.io import write_volume
     from unveil.text.edits import apply_edits, parse_edit
 
-    gen = Generator(checkpoint, device=device, guidance_scale=guidance_scale, steps=steps)
+    gen = Generator(checkpoint, device=device, guidance_scale=guidance_scale, steps=steps, amp=amp)
     parsed = [parse_edit(e, gen.template) for e in edits]
     cohort = Cohort.open(cohort_root, gen.cfg.data)
     rows = cohort.rows()

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from unveil.conditioning import TextCondition
 from unveil.config import Config
 from unveil.infer.sliding import windowed
+from unveil.precision import AMP_CHOICES
+
+
+def amp_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of ``amp`` (``none`` or ``bf16``) on ``device``."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, not '{amp}'.")
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _in_precision(fn: Callable[..., torch.Tensor], amp: str, device: torch.device):
+    """``fn`` run under the autocast of ``amp``, its output returned as float32."""
+    if amp == "none":
+        return fn
+
+    def run(*args, **kwargs) -> torch.Tensor:
+        with amp_context(amp, device):
+            out = fn(*args, **kwargs)
+        return out.float()
+
+    return run
 
 
 @torch.no_grad()
@@ -21,6 +47,7 @@ def generate_prepared(
     guidance_scale: float | None = None,
     steps: int | None = None,
     progress: bool = False,
+    amp: str = "none",
 ) -> torch.Tensor:
     """Generate the image of a whole preprocessed scan; returns ``(1, 1, X, Y, Z)`` in [-1, 1].
 
@@ -32,7 +59,13 @@ def generate_prepared(
             starts from it (one noise volume for the whole scan, shared by every window);
             a GAN with ``model.noise_input`` uses it as its noise channel.  Counterfactual
             pairs pass the *same* tensor, so they share noise by construction.
+        amp: ``bf16`` runs the network under bfloat16 autocast (about 2x faster on CPUs
+            with AMX and on recent GPUs; about 3 significant digits per voxel, i.e. errors
+            of a few HU, which paired counterfactuals share only in part); ``none``
+            (default) is float32.
     """
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, not '{amp}'.")
     device = torch.device(device)
     mask = (
         prepared.mask.unsqueeze(0).to(device)
@@ -47,9 +80,11 @@ def generate_prepared(
         process = DiffusionProcess(cfg.diffusion)
         scale = cfg.diffusion.guidance_scale if guidance_scale is None else guidance_scale
 
+        net = _in_precision(model, amp, device)  # guidance mixes the outputs in float32
+
         def guided(x, m, t, c):
             # Classifier-free guidance inside each window: one batched call per window.
-            return process.model_fn(model, m, c, scale)(x, t)
+            return process.model_fn(net, m, c, scale)(x, t)
 
         run = windowed(guided, cfg.preprocess.patch_size, inf.overlap, inf.sw_batch_size, inf.blend)
 
@@ -58,7 +93,7 @@ def generate_prepared(
 
         return process.sample(denoise, noise, steps=steps, progress=progress)
     run = windowed(
-        model,
+        _in_precision(model, amp, device),
         cfg.preprocess.patch_size,
         inf.overlap,
         inf.sw_batch_size,

@@ -147,6 +147,7 @@ def evaluate(
     device: str = "cpu",
     guidance_scale: float | None = None,
     steps: int | None = None,
+    amp: str = "none",
     attributes: Sequence[str] | None = None,
     adherence: bool = True,
     adherence_size: int = 32,
@@ -176,6 +177,7 @@ def evaluate(
         device: where the generator (and the feature networks) run.
         guidance_scale: diffusion guidance (default the config's).
         steps: diffusion sampling steps (default the config's).
+        amp: precision of the generator's network: ``none`` (float32) or ``bf16``.
         attributes: template fields to read (default all).
         adherence: train the readers and report adherence (needs ``splits.json``).
         adherence_size: reader input cells per axis.
@@ -211,7 +213,7 @@ def evaluate(
     net2d = load_feature_network(features_2d, "2d", device=device) if features_2d else None
     net3d = load_feature_network(features_3d, "3d", device=device) if features_3d else None
 
-    gen = Generator(checkpoint, device=device, guidance_scale=guidance_scale, steps=steps)
+    gen = Generator(checkpoint, device=device, guidance_scale=guidance_scale, steps=steps, amp=amp)
     cfg = gen.cfg
     template = gen.template
     window = (float(cfg.preprocess.hu_window[0]), float(cfg.preprocess.hu_window[1]))
@@ -797,6 +799,7 @@ def _info(
         "n_boot": int(n_boot),
         "n_boot_set": int(n_boot_set),
         "guidance_scale": gen.guidance_scale,
+        "amp": gen.amp,
         "sample_steps": gen.steps,
         "features_2d": str(Path(f2).resolve()) if f2 else None,
         "features_3d": str(Path(f3).resolve()) if f3 else None,
