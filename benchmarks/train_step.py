@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--amp",
         default="none",
         choices=["none", "bf16"],
-        help="bf16 autocast (meant for GPU; on CPU it is usually slower)",
+        help="bf16 autocast of training and evaluation (GPUs; CPUs with AMX or AVX512-BF16, where oneDNN runs bf16 convolutions about 2x faster than float32)",
     )
     p.add_argument(
         "--set",
