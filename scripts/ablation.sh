@@ -12,15 +12,18 @@
 #   key=value overrides passed to every `unveil train` (e.g. train.steps=300, or the grid
 #           and template of a planted cohort: see docs/ablation.md)
 # Environment: VARIANTS (default all eight, e.g. "gan-concat diffusion-concat"),
-#   SEEDS (counterfactual seeds per subject, default 2), MIN_EFFECT (HU margin, default 5).
+#   SEEDS (counterfactual seeds per subject, default 2), MIN_EFFECT (HU margin, default 5),
+#   AMP (precision of the network in the counterfactual and evaluate runs: none, the
+#   default, or bf16; training follows the config's train.amp).
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n 2,16p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,17p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 cohort=$1 out=$2
 shift 2
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 variants=${VARIANTS:-"gan-maskonly gan-concat gan-affine gan-crossattn diffusion-maskonly diffusion-concat diffusion-affine diffusion-crossattn"}
 seeds=${SEEDS:-2}
 min_effect=${MIN_EFFECT:-5}
+amp=${AMP:-none}
 [ -f "$cohort/effects.json" ] || {
   echo "ablation: $cohort has no effects.json; make the cohort with 'unveil phantom' or 'unveil plant'." >&2
   exit 2
@@ -42,12 +45,12 @@ for v in $variants; do
     # shellcheck disable=SC2086  # ids is a list of words
     unveil counterfactual --checkpoint "$run" --cohort "$cohort" --out "$cf" --overwrite \
       --baseline smoking=never --edit smoking=current --null-edit blood_group=O \
-      --seeds "$seeds" --ids $ids
+      --seeds "$seeds" --amp "$amp" --ids $ids
     unveil analyze "$cf" --min-effect "$min_effect"
   fi
   if [ ! -f "$ev/summary.json" ]; then
     unveil evaluate --checkpoint "$run" --cohort "$cohort" --split test --out "$ev" \
-      --overwrite --edit smoking=current --attributes smoking diagnosis age
+      --overwrite --amp "$amp" --edit smoking=current --attributes smoking diagnosis age
   fi
   cp "$cf/analysis/recovery.csv" "$ev/recovery.csv"
   evals+=("$ev")
