@@ -14,9 +14,11 @@
 # Environment: VARIANTS (default all eight, e.g. "gan-concat diffusion-concat"),
 #   SEEDS (counterfactual seeds per subject, default 2), MIN_EFFECT (HU margin, default 5),
 #   AMP (precision of the network in the counterfactual and evaluate runs: none, the
-#   default, or bf16; training follows the config's train.amp).
+#   default, or bf16; training follows the config's train.amp), ATTRIBUTES (template
+#   fields the evaluation's adherence readers read, default "smoking diagnosis age"; the
+#   plant-example template has "smoking age").
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n 2,17p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,19p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 cohort=$1 out=$2
 shift 2
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +26,7 @@ variants=${VARIANTS:-"gan-maskonly gan-concat gan-affine gan-crossattn diffusion
 seeds=${SEEDS:-2}
 min_effect=${MIN_EFFECT:-5}
 amp=${AMP:-none}
+attributes=${ATTRIBUTES:-"smoking diagnosis age"}
 [ -f "$cohort/effects.json" ] || {
   echo "ablation: $cohort has no effects.json; make the cohort with 'unveil phantom' or 'unveil plant'." >&2
   exit 2
@@ -49,8 +52,9 @@ for v in $variants; do
     unveil analyze "$cf" --min-effect "$min_effect"
   fi
   if [ ! -f "$ev/summary.json" ]; then
+    # shellcheck disable=SC2086  # attributes is a list of words
     unveil evaluate --checkpoint "$run" --cohort "$cohort" --split test --out "$ev" \
-      --overwrite --amp "$amp" --edit smoking=current --attributes smoking diagnosis age
+      --overwrite --amp "$amp" --edit smoking=current --attributes $attributes
   fi
   cp "$cf/analysis/recovery.csv" "$ev/recovery.csv"
   evals+=("$ev")
