@@ -273,8 +273,13 @@ def test_bf16_diffusion_sampling_is_finite_and_close(tiny_phantom, tmp_path):
 
 
 def test_unknown_precision_is_refused(gan_ckpt, tiny_phantom, tmp_path):
-    with pytest.raises(ValueError, match="amp must be one of none, bf16"):
+    with pytest.raises(UnveilError, match="amp must be one of none, bf16"):
         generate_cohort(
             gan_ckpt, tiny_phantom, tmp_path / "x", ids=["sub-004"], progress=False, amp="fp8"
         )
     assert not (tmp_path / "x").exists()
+    with pytest.raises(UnveilError, match="amp must be one of none, bf16"):
+        run_counterfactual(
+            gan_ckpt, tiny_phantom, tmp_path / "cf", edits=["smoking=current"], amp="fp16"
+        )
+    assert not (tmp_path / "cf").exists()

@@ -101,6 +101,10 @@ class Generator:
     ) -> None:
         from unveil.data.preprocess import Preprocessor
         from unveil.model import load_model
+        from unveil.precision import AMP_CHOICES
+
+        if amp not in AMP_CHOICES:  # before the model is loaded or anything is written
+            raise UnveilError(f"--amp must be one of {', '.join(AMP_CHOICES)}, not '{amp}'.")
         from unveil.text.cache import EmbeddingCache
         from unveil.text.encoders import build_encoder
 
