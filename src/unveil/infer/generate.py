@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -14,22 +13,13 @@ from unveil.infer.sliding import windowed
 from unveil.precision import AMP_CHOICES
 
 
-def amp_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context of ``amp`` (``none`` or ``bf16``) on ``device``."""
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, not '{amp}'.")
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def _in_precision(fn: Callable[..., torch.Tensor], amp: str, device: torch.device):
-    """``fn`` run under the autocast of ``amp``, its output returned as float32."""
+    """``fn`` run under bfloat16 autocast when ``amp`` is ``bf16``, its output as float32."""
     if amp == "none":
         return fn
 
     def run(*args, **kwargs) -> torch.Tensor:
-        with amp_context(amp, device):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             out = fn(*args, **kwargs)
         return out.float()
 
