@@ -91,6 +91,8 @@ def point_denoiser(proc: DiffusionProcess, c: torch.Tensor):
     def pred(x, t):
         a = ac[t].to(x.dtype).view(-1, 1, 1, 1, 1)
         eps = (x - a.sqrt() * c) / (1 - a).sqrt()
+        if proc.cfg.prediction == "sample":
+            return c.expand_as(x)
         if proc.cfg.prediction == "epsilon":
             return eps
         return a.sqrt() * eps - (1 - a).sqrt() * c
@@ -116,6 +118,8 @@ def gaussian_denoiser(proc: DiffusionProcess, mu: float = MU, s: float = SD):
         a = ac[t].to(x.dtype).view(-1, 1, 1, 1, 1)
         x0_hat = mu + a.sqrt() * s * s / (a * s * s + 1 - a) * (x - a.sqrt() * mu)
         eps = (x - a.sqrt() * x0_hat) / (1 - a).sqrt()
+        if proc.cfg.prediction == "sample":
+            return x0_hat
         if proc.cfg.prediction == "epsilon":
             return eps
         return a.sqrt() * eps - (1 - a).sqrt() * x0_hat
@@ -137,8 +141,9 @@ def _x0(seed: int = 3) -> torch.Tensor:
 
 
 DDPM_CFGS = [
-    DiffusionConfig(prediction="epsilon"),
+    DiffusionConfig(prediction="epsilon", zero_terminal_snr=False),
     DiffusionConfig(prediction="v_prediction", schedule="cosine"),
+    DiffusionConfig(prediction="sample"),
 ]
 RFLOW_CFG = DiffusionConfig(process="rflow", sampler="rflow")
 
@@ -174,7 +179,9 @@ def test_training_loss_needs_randomness_source():
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_ddpm_targets_match_closed_form(prediction):
-    proc = DiffusionProcess(DiffusionConfig(prediction=prediction))
+    proc = DiffusionProcess(
+        DiffusionConfig(prediction=prediction, zero_terminal_snr=prediction != "epsilon")
+    )
     g = _gen(1)
     x0 = torch.rand(SHAPE, generator=g, dtype=torch.float64) * 2 - 1
     noise = torch.randn(SHAPE, generator=g, dtype=torch.float64)
@@ -206,7 +213,7 @@ def test_ddpm_targets_match_closed_form(prediction):
     # l2 of a constant offset 0.5 is 0.25; l1 is 0.5
     loss_off, _ = proc.training_loss(oracle(want + 0.5), x0, _mask(), None, noise=noise, t=t)
     assert loss_off.item() == pytest.approx(0.25, rel=1e-6)
-    proc_l1 = DiffusionProcess(DiffusionConfig(prediction=prediction, loss="l1"))
+    proc_l1 = DiffusionProcess(proc.cfg.model_copy(update={"loss": "l1"}))
     loss_l1, _ = proc_l1.training_loss(oracle(want + 0.5), x0, _mask(), None, noise=noise, t=t)
     assert loss_l1.item() == pytest.approx(0.5, rel=1e-6)
 
@@ -284,7 +291,9 @@ def test_ddim_deterministic_and_pairs_share_noise():
     a = proc.sample(proc.model_fn(net, mask, same), noise)
     b = proc.sample(proc.model_fn(net, mask, same), noise.clone())
     assert torch.equal(a, b)  # eta = 0 is deterministic
-    assert torch.equal(a[0], a[1])  # same noise + same prompt -> identical pair members
+    # same noise + same prompt -> identical pair members (up to the last float bit, which
+    # batched convolution kernels may round differently per batch position)
+    torch.testing.assert_close(a[0], a[1], atol=1e-6, rtol=0)
     assert a.abs().max() <= 1.0
     differ = TextCondition.cat([_cond(b=1, seed=0), _cond(b=1, seed=1)])
     c = proc.sample(proc.model_fn(net, mask, differ), noise)
@@ -337,7 +346,10 @@ def test_inversion_round_trip(cfg):
     x0 = _x0()
     den = gaussian_denoiser(proc)
     xt = proc.invert(den, x0, steps=300)
-    assert _rel(xt, gaussian_flow_end(proc, x0)) < 0.01  # lands on the ODE end point
+    # lands on the ODE end point (an x0-predicting network starts one level late: the
+    # clean level gives it no noise estimate, an error of order sqrt(1 - alpha_bar_0))
+    tol = 0.015 if cfg.prediction == "sample" else 0.01
+    assert _rel(xt, gaussian_flow_end(proc, x0)) < tol
     back = proc.sample(den, xt, steps=300)
     assert _rel(back, x0) < 0.02
     # and not trivially: another image inverts elsewhere

@@ -201,13 +201,31 @@ class DiffusionConfig(Section):
     )
     timesteps: int = Field(default=1000, ge=2)
     schedule: str = "scaled_linear_beta"
-    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    prediction: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    zero_terminal_snr: bool = Field(
+        default=True,
+        description=(
+            "rescale the DDPM schedule so the last timestep is pure noise (Lin et al. 2024); "
+            "without it the mean intensity of a 3D region leaks through x_T and the text "
+            "cannot move it"
+        ),
+    )
     loss: Literal["l1", "l2"] = "l2"
     sampler: Literal["ddim", "rflow", "ddpm"] = "ddim"
     eta: float = Field(default=0.0, ge=0.0, description="DDIM eta (0 = deterministic)")
     sample_steps: int = Field(default=50, ge=1)
     guidance_scale: float = Field(default=1.0, ge=0.0)
     lr: float = Field(default=1e-4, gt=0.0)
+
+    @model_validator(mode="after")
+    def _prediction_defined_at_pure_noise(self) -> DiffusionConfig:
+        if self.process == "ddpm" and self.zero_terminal_snr and self.prediction == "epsilon":
+            raise ValueError(
+                "diffusion.prediction 'epsilon' cannot recover the image at the pure-noise last "
+                "timestep of a zero-terminal-SNR schedule; use v_prediction or sample, or set "
+                "diffusion.zero_terminal_snr=false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sampler_matches_process(self) -> DiffusionConfig:
@@ -362,7 +380,15 @@ def load_config(
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
-    """Validate a plain dict (for example the one stored in a checkpoint)."""
+    """Validate a plain dict (for example the one stored in a checkpoint).
+
+    A diffusion section written before ``zero_terminal_snr`` existed describes a model
+    trained on the original schedule: it is read with ``zero_terminal_snr: false`` so the
+    model is sampled on the schedule it learned.
+    """
+    diff = tree.get("diffusion") if isinstance(tree, dict) else None
+    if isinstance(diff, dict) and "zero_terminal_snr" not in diff:
+        tree = {**tree, "diffusion": {**diff, "zero_terminal_snr": False}}
     try:
         return Config.model_validate(tree)
     except ValidationError as err:

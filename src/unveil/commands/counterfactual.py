@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="set a field on the factual side for every subject, e.g. smoking=never (repeatable)",
     )
+    p.add_argument(
+        "--permuted-controls",
+        type=int,
+        default=2,
+        help="permuted-label negative controls per --null-edit field (default 2; 0 for none)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="noise seeds per subject (default 3)")
     p.add_argument("--ids", nargs="+", default=None, help="subject ids (default all, or --split)")
     p.add_argument(
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         null_edits=args.null_edit,
         baseline=args.baseline,
         seeds=args.seeds,
+        n_permuted=args.permuted_controls,
         ids=args.ids,
         split=args.split,
         from_scan=args.from_scan,

@@ -414,8 +414,12 @@ def make_phantom(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    effects: Sequence[EffectSpec] | None = None,
 ) -> Path:
     """Write a phantom cohort to ``out`` and return its path.
+
+    ``effects`` replaces :func:`default_effects` (for calibration grids and unit tests that
+    plant other sizes); ``effects.json`` always records what was planted.
 
     Layout: ``images/sub-XXX.nii.gz`` (float32 HU), ``masks/sub-XXX.nii.gz`` (uint8 labels),
     ``clinical.csv`` (observed, ~15% missing), ``truth.csv`` (complete true attributes),
@@ -426,7 +430,7 @@ def make_phantom(
 
     check_phantom_args(n, size)
     truth, clinical = phantom_table(n, seed)
-    effects = default_effects()
+    effects = default_effects() if effects is None else list(effects)
     gens = subject_generators(seed, n)
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -57,6 +57,31 @@ def _draw_rand(
     return out.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
 
 
+def _rescale_zero_terminal_snr(scheduler: DDPMScheduler) -> None:
+    """Rescale a DDPM schedule in place so that its last timestep is pure noise.
+
+    Why: the usual schedules end at a small but non-zero signal level (``alpha_bar_T`` about
+    7e-4 for 1000 scaled-linear steps, 0.48 for 100).  Per voxel that is negligible, but the
+    *mean* of a region of ``N`` voxels keeps a signal-to-noise ratio of ``N * SNR_T``: for a
+    lung zone of a few thousand voxels the zone's mean intensity is still readable in
+    ``x_T``.  The network learns to take the low-frequency content from ``x_T`` instead of
+    from the condition, and sampling, which starts from pure noise, then draws the regional
+    mean intensity from the noise: text edits move nothing and two seeds differ by tens of
+    HU (measured: docs/diffusion.md).  Lin, Liu, Li, Yang, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", WACV 2024, Algorithm 1: shift and scale
+    ``sqrt(alpha_bar)`` so that its last value is 0 and its first is unchanged.  MONAI's
+    schedulers do not offer this rescaling, hence the few lines here.
+    """
+    sqrt_ab = scheduler.alphas_cumprod.to(torch.float64).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    ac = sqrt_ab**2
+    alphas = torch.cat([ac[:1], ac[1:] / ac[:-1]])
+    scheduler.alphas_cumprod = ac.float()
+    scheduler.alphas = alphas.float()
+    scheduler.betas = (1.0 - alphas).float()
+
+
 def conditional_dropout(
     cond: TextCondition, p: float, generator: torch.Generator | None = None
 ) -> TextCondition:
@@ -134,6 +159,8 @@ class DiffusionProcess:
                 prediction_type=cfg.prediction,
                 clip_sample=clip_denoised,
             )
+            if cfg.zero_terminal_snr:
+                _rescale_zero_terminal_snr(self.scheduler)
             # A private float64 copy: MONAI's add_noise casts the scheduler's own table to
             # the dtype of whatever it last saw (bf16 under AMP), which must not leak into
             # the samplers.
@@ -181,6 +208,8 @@ class DiffusionProcess:
             return x0 - noise
         if self.cfg.prediction == "v_prediction":
             return self.scheduler.get_velocity(sample=x0, noise=noise, timesteps=t)
+        if self.cfg.prediction == "sample":
+            return x0
         return noise
 
     def training_loss(
@@ -429,6 +458,11 @@ class DiffusionProcess:
 
         sch, ts = self._respaced("ddim", n)
         for k in tqdm(range(n), disable=not progress, desc="invert", leave=False):
+            if k == 0 and self.cfg.prediction == "sample":
+                # The clean level has alpha_bar = 1, where an x0-predicting network gives
+                # no noise estimate (0 / 0); the scan itself is taken as the point of the
+                # first visited level, which is where the network is evaluated anyway.
+                continue
             # k = 0 is the clean image, which has no level of its own: use the first one.
             out = denoise(x, _unit_times(ts[max(k - 1, 0)], batch, x, torch.long))
             x, _ = sch.reversed_step(out, k, x)

@@ -1,11 +1,17 @@
 """Counterfactual pairs: the same mask and the same noise, prompts differing in one field.
 
-For every subject and seed ``k`` we draw ONE noise volume (from ``torch.Generator``
-seeded with ``k``) on the subject's preprocessed grid and generate with it under the
-factual prompt and under every edited prompt, so a pair differs only in the text, by
-construction.  The noise floor is the factual prompt with the noise of seed
-``k + floor_seed_offset``; a null edit (an attribute known to have no effect) is the
-negative control.  With ``from_scan`` (diffusion), the subject's real scan is inverted with
+For every subject and seed ``k`` we draw ONE noise volume on the subject's preprocessed
+grid from a ``torch.Generator`` seeded by (subject id, ``k``) (:func:`subject_noise`), and
+generate with it under the factual prompt and under every edited prompt, so a pair
+differs only in the text, by construction.  Each subject has its own noise: were every
+subject given the same seed-``k`` volume, the subjects' floors and effects would share
+that volume's idiosyncrasies and would not be independent replicates (the subject is the
+unit of inference).  The noise floor is the factual prompt with a second, independent noise
+volume of the same (subject, ``k``); a null edit (an attribute known to have no effect) is
+the negative control, and each null edit's field also gets ``permuted_controls``
+*permuted-label* controls: every subject's value of that field replaced by the value of
+another subject under a fixed random permutation, which is again an edit with no planted
+meaning, so the analysis has several negative controls to calibrate against.  With ``from_scan`` (diffusion), the subject's real scan is inverted with
 DDIM under its factual prompt and regenerated from that latent under each prompt, so the
 counterfactual is of the patient's own image.
 
@@ -20,10 +26,12 @@ last, so a run without it is incomplete (and ``unveil analyze`` says so).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unveil.conditioning import TextCondition
@@ -31,12 +39,58 @@ from unveil.errors import UnveilError
 
 log = logging.getLogger(__name__)
 
-FLOOR_SEED_OFFSET = 1000
+#: How the noise of a run is drawn (written to counterfactual.json as ``noise``).
+NOISE_RULE = "per-subject"
+#: Noise streams of one (subject, seed): the pair's shared noise and the floor's own.
+NOISE_STREAMS = {"pair": 0, "floor": 1}
+#: Default number of permuted-label controls per null-edit field.
+PERMUTED_CONTROLS = 2
 
 
-def noise_volume(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(int(seed))
+def _subject_key(subject: str) -> int:
+    # A stable 64-bit key of the id (Python's hash() is salted per process).
+    return int.from_bytes(hashlib.sha256(str(subject).encode("utf-8")).digest()[:8], "little")
+
+
+def subject_seed(subject: str, seed: int, stream: str = "pair") -> int:
+    """The torch seed of ``(subject, seed, stream)``: distinct subjects, seeds and streams
+    get unrelated noise, and the same triple the same noise on every machine and rank."""
+    ss = np.random.SeedSequence([_subject_key(subject), int(seed), NOISE_STREAMS[stream]])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def subject_noise(
+    shape: tuple[int, ...], subject: str, seed: int, stream: str = "pair"
+) -> torch.Tensor:
+    """Standard normal noise ``(1, 1, *shape)`` of one subject, seed index and stream."""
+    g = torch.Generator().manual_seed(subject_seed(subject, seed, stream))
     return torch.randn((1, 1, *shape), generator=g)
+
+
+def permuted_controls(
+    subjects: list[str],
+    rows: dict[str, dict[str, Any]],
+    columns: list[str],
+    n: int,
+) -> dict[str, dict[str, Any]]:
+    """Permuted-label negative controls: ``{name: {subject: value}}``.
+
+    For each null-edit column and ``j = 1..n``, a fixed random permutation ``pi_j`` of the
+    run's subjects (seeded by the column and ``j``, so every rank and every re-run agrees)
+    gives subject ``i`` the recorded value of subject ``pi_j(i)`` (None where that one is
+    missing: the field is then left out of the prompt).  Names are
+    ``permuted-<j>:<column>``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    ordered = sorted(subjects)
+    for col in columns:
+        for j in range(1, int(n) + 1):
+            rng = np.random.default_rng([_subject_key(col), j])
+            perm = rng.permutation(len(ordered))
+            out[f"permuted-{j}:{col}"] = {
+                sid: rows[ordered[p]].get(col) for sid, p in zip(ordered, perm, strict=True)
+            }
+    return out
 
 
 def check_text_setup(lm, encoder, template=None) -> None:
@@ -192,8 +246,12 @@ def run_counterfactual(
     overwrite: bool = False,
     progress: bool = True,
     amp: str = "none",
+    n_permuted: int = PERMUTED_CONTROLS,
 ) -> Path:
-    """Generate the factual / edited / noise-floor volumes of every subject and seed."""
+    """Generate the factual / edited / noise-floor volumes of every subject and seed.
+
+    ``n_permuted`` permuted-label controls are generated per null-edit field (0: none).
+    """
     from tqdm.auto import tqdm
 
     from unveil.analysis.layout import RUN_JSON, RunLayout, edit_slug
@@ -209,6 +267,8 @@ def run_counterfactual(
         raise UnveilError("give at least one --edit (for example --edit smoking=current).")
     if seeds < 1:
         raise UnveilError("--seeds must be at least 1.")
+    if n_permuted < 0:
+        raise UnveilError("--permuted-controls must be 0 or more.")
     if layout.json_path.exists() and not overwrite:
         raise UnveilError(
             f"{out} already holds a counterfactual run; choose another --out or pass --overwrite."
@@ -234,9 +294,14 @@ def run_counterfactual(
         cohort = Cohort.open(cohort_root, gen.cfg.data)
         subjects = subject_ids(cohort, ids, split, gen.lm.path)
         rows = cohort.rows()
+        null_columns = list(dict.fromkeys(parsed[e].field for e in null_edits))
+        column_of = {f.name: f.column for f in template.fields}
+        perms = permuted_controls(
+            subjects, rows, [column_of.get(c, c) for c in null_columns], n_permuted
+        )
         seed_list = [0] if from_scan else list(range(int(seeds)))
         mine = subjects[info.rank :: info.world_size]  # subjects sharded over ranks
-        total = len(mine) * len(seed_list) * (2 + len(names))
+        total = len(mine) * len(seed_list) * (2 + len(names) + len(perms))
         bar = tqdm(
             total=total, desc="counterfactual", unit="vol", disable=not (progress and info.is_main)
         )
@@ -249,21 +314,25 @@ def run_counterfactual(
                 n: template.render(apply_edits(row, [parsed[e]], template))
                 for n, e in zip(names, [*edits, *null_edits], strict=False)
             }
+            for name, values in perms.items():
+                col = name.split(":", 1)[1]
+                prompts[name] = template.render({**row, col: values[sid]})
             latent = gen.invert(prepared, factual_prompt) if from_scan else None
+            shape = tuple(prepared.image.shape[-3:])
             for k in seed_list:
-                noise = latent if latent is not None else noise_volume(prepared.image.shape[-3:], k)
+                noise = latent if latent is not None else subject_noise(shape, sid, k)
                 write_volume(
                     gen.to_hu(gen.generate(prepared, factual_prompt, noise), prepared),
                     layout.factual(sid, k),
                 )
                 bar.update(1)
-                floor_noise = noise_volume(prepared.image.shape[-3:], k + FLOOR_SEED_OFFSET)
+                floor_noise = subject_noise(shape, sid, k, stream="floor")
                 write_volume(
                     gen.to_hu(gen.generate(prepared, factual_prompt, floor_noise), prepared),
                     layout.floor(sid, k),
                 )
                 bar.update(1)
-                for n in names:
+                for n in [*names, *perms]:
                     write_volume(
                         gen.to_hu(gen.generate(prepared, prompts[n], noise), prepared),
                         layout.edited(sid, n, k),
@@ -279,8 +348,9 @@ def run_counterfactual(
                 "edits": [str(parsed[e]) for e in edits],
                 "null_edits": [str(parsed[e]) for e in null_edits],
                 "baseline": [str(b) for b in base],
+                "permuted_controls": list(perms),
                 "seeds": seed_list,
-                "floor_seed_offset": FLOOR_SEED_OFFSET,
+                "noise": NOISE_RULE,
                 "subjects": subjects,
                 "from_scan": bool(from_scan),
                 "guidance_scale": guidance_scale
@@ -332,7 +402,9 @@ def generate_cohort(
         prepared = gen.pre.prepare(image, mask)
         row = apply_edits(rows[sid], parsed, gen.template) if parsed else rows[sid]
         fake = gen.generate(
-            prepared, gen.template.render(row), noise_volume(prepared.image.shape[-3:], seed)
+            prepared,
+            gen.template.render(row),
+            subject_noise(tuple(prepared.image.shape[-3:]), sid, seed),
         )
         written.append(write_volume(gen.to_hu(fake, prepared), Path(out) / f"{sid}.nii.gz"))
     return written

@@ -1,7 +1,7 @@
 """``unveil evaluate``: fidelity, realism, mask consistency and condition adherence of a model.
 
 Every test subject is generated from its *own* mask and clinical sentence with the noise of
-``seed`` (:func:`unveil.infer.counterfactual.noise_volume`, the same draw ``unveil generate``
+``seed`` (:func:`unveil.infer.counterfactual.subject_noise`, the same draw ``unveil generate``
 uses), mapped back to HU on the subject's source grid, and set beside the real scan:
 
 Fidelity (paired, per subject; :func:`~unveil.metrics.paired.paired_fidelity`)
@@ -470,7 +470,7 @@ def _evaluate_subject(
     from unveil.data.lungmask import lungmask
     from unveil.data.regions import region_masks
     from unveil.errors import DataError
-    from unveil.infer.counterfactual import noise_volume
+    from unveil.infer.counterfactual import subject_noise
     from unveil.metrics.adherence import adherence_input, edit_target
     from unveil.metrics.distribution import histogram_distances
     from unveil.metrics.features import slices_for_fid, volumes_for_fid
@@ -482,7 +482,7 @@ def _evaluate_subject(
     template = gen.template
     image, mask = cohort_obj.load(sid)
     prepared = gen.pre.prepare(image, mask)
-    noise = noise_volume(tuple(prepared.image.shape[-3:]), seed)
+    noise = subject_noise(tuple(prepared.image.shape[-3:]), sid, seed)
     fake = gen.generate(prepared, template.render(row), noise)
     fake_vol = gen.to_hu(fake, prepared)
     real = np.asarray(image.array, dtype=np.float32)
