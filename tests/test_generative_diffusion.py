@@ -386,3 +386,37 @@ def test_bad_sampler_settings_are_one_sentence_errors():
         proc.sample(den, noise, sampler="rflow")
     with pytest.raises(ConfigError, match="schedule"):
         DiffusionProcess(DiffusionConfig(schedule="nonsense"))
+
+
+# ------------------------------------------------------------------ zero terminal SNR
+
+
+def test_zero_terminal_snr_last_level_is_pure_noise():
+    """With the rescaled schedule the last training level holds no trace of the image, so
+    a network cannot take a region's mean intensity from x_T (docs/diffusion.md)."""
+    proc = DiffusionProcess(DiffusionConfig())
+    assert proc.cfg.zero_terminal_snr and float(proc.alphas_cumprod[-1]) == 0.0
+    first = DiffusionProcess(DiffusionConfig(zero_terminal_snr=False)).alphas_cumprod[0]
+    assert float(proc.alphas_cumprod[0]) == pytest.approx(float(first), rel=1e-6)
+    assert bool((proc.alphas_cumprod[1:] < proc.alphas_cumprod[:-1]).all())
+    noise = torch.randn(SHAPE, generator=_gen(3))
+    t = torch.full((SHAPE[0],), proc.num_timesteps - 1)
+    a = proc.q_sample(torch.full(SHAPE, -0.9), noise, t)
+    b = proc.q_sample(torch.full(SHAPE, 0.9), noise, t)
+    torch.testing.assert_close(a, b)
+    # The original schedule keeps a signal whose regional mean is readable: with 4096
+    # voxels the mean's SNR is N * alpha_bar / (1 - alpha_bar), about 3 for T = 1000.
+    old = DiffusionProcess(DiffusionConfig(zero_terminal_snr=False, prediction="sample"))
+    ab = float(old.alphas_cumprod[-1])
+    assert 4096 * ab / (1 - ab) > 1.0
+
+
+def test_epsilon_prediction_with_zero_terminal_snr_is_refused_and_old_checkpoints_keep_theirs():
+    from unveil.config import config_from_dict
+
+    with pytest.raises(ValueError, match="zero_terminal_snr"):
+        DiffusionConfig(prediction="epsilon")
+    # A config stored before the option existed describes the original schedule.
+    cfg = config_from_dict({"diffusion": {"prediction": "epsilon"}})
+    assert cfg.diffusion.zero_terminal_snr is False
+    assert float(DiffusionProcess(cfg.diffusion).alphas_cumprod[-1]) > 0.0

@@ -124,6 +124,11 @@ class TextConfig(Section):
     cond_dim: int = Field(default=128, ge=1, description="width of the trainable adapter output")
     field_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
     prompt_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
+    lr_scale: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="learning-rate multiplier of the text path (adapter, fusion units)",
+    )
     cache_dir: str | None = None
 
 

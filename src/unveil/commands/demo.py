@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="phantom -> train -> counterfactuals -> statistics -> HTML report, in minutes on a CPU",
         description=(
-            "Build the phantom cohort (planted effects), train a small conditional GAN, generate "
+            "Build the phantom cohort (planted effects), train a small conditional GAN (or diffusion model with --model diffusion), generate "
             "counterfactuals for smoking (never -> current) and for the null attribute (blood group) "
             "on held-out subjects, analyze them and write the HTML report. The verdict says whether "
             "the planted smoking effect was recovered (sign, region, size within 30%) and whether "
@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--steps", type=int, default=None, help="training steps (default from the demo config)"
     )
     p.add_argument("--seeds", type=int, default=2, help="noise seeds per subject (default 2)")
+    p.add_argument(
+        "--model",
+        default="gan",
+        choices=["gan", "diffusion"],
+        help="generator family (default gan: minutes on a CPU; diffusion takes longer)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -36,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         n=args.n,
         steps=args.steps,
         seeds=args.seeds,
+        model=args.model,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

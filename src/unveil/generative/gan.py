@@ -47,6 +47,7 @@ from torch import nn
 
 from unveil.conditioning import TextCondition
 from unveil.config import GanConfig
+from unveil.nn.build import param_groups
 
 Network = nn.Module | Callable[..., torch.Tensor]
 
@@ -293,7 +294,7 @@ class GanProcess:
 
 
 def make_gan_optimizers(
-    generator: nn.Module, discriminator: nn.Module, cfg: GanConfig
+    generator: nn.Module, discriminator: nn.Module, cfg: GanConfig, text_lr_scale: float = 1.0
 ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """Two-time-scale Adam (Heusel et al.): ``lr_g`` for G, ``lr_d`` for D, shared ``betas``.
 
@@ -301,9 +302,7 @@ def make_gan_optimizers(
     network stays frozen).  Returns ``(opt_g, opt_d)``.
     """
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
-    opt_g = torch.optim.Adam(
-        [p for p in generator.parameters() if p.requires_grad], lr=cfg.lr_g, betas=betas
-    )
+    opt_g = torch.optim.Adam(param_groups(generator, cfg.lr_g, text_lr_scale), betas=betas)
     opt_d = torch.optim.Adam(
         [p for p in discriminator.parameters() if p.requires_grad], lr=cfg.lr_d, betas=betas
     )

@@ -28,6 +28,7 @@ from unveil.config import Config, config_from_dict
 from unveil.errors import UnveilError
 from unveil.fs import write_text
 from unveil.model import ModelMeta, build_models
+from unveil.nn.build import param_groups
 from unveil.train import checkpoint as ckpt
 from unveil.train.distributed import DistInfo, barrier, init_distributed, shutdown
 
@@ -438,7 +439,9 @@ class DiffusionFamily(_Family):
 
         self.process = DiffusionProcess(cfg.diffusion)
         self.generator = gen
-        self.opt = torch.optim.AdamW(gen.parameters(), lr=cfg.diffusion.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(
+            param_groups(gen, cfg.diffusion.lr, cfg.text.lr_scale), weight_decay=0.0
+        )
         self.scaler = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
         self.grad_clip = cfg.train.grad_clip
 
@@ -485,7 +488,7 @@ class GanFamily(_Family):
 
         self.process = GanProcess(cfg.gan, label_channels=len(cfg.data.labels))
         self.generator, self.discriminator = gen, disc
-        self.opt_g, self.opt_d = make_gan_optimizers(gen, disc, cfg.gan)
+        self.opt_g, self.opt_d = make_gan_optimizers(gen, disc, cfg.gan, cfg.text.lr_scale)
         self.scaler_g = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
         self.scaler_d = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
         self.noise_input = cfg.model.noise_input
