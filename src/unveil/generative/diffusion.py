@@ -7,7 +7,8 @@ per-step updates are MONAI's (``DDPMScheduler``, ``DDIMScheduler``, ``RFlowSched
 Two training processes (``diffusion.process``):
 
 * ``ddpm``: ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` with ``a_t = alphas_cumprod[t]``,
-  integer ``t`` in ``[0, T)``; the network predicts ``eps`` (``epsilon``) or
+  integer ``t`` in ``[0, T)``, by default on the zero-terminal-SNR rescaling of the schedule
+  (:func:`_rescale_zero_terminal_snr`); the network predicts ``x0`` (``sample``), ``eps`` (``epsilon``) or
   ``v = sqrt(a_t) eps - sqrt(1 - a_t) x0`` (``v_prediction``).  Sampled with DDIM
   (deterministic for ``eta = 0``) or ancestral DDPM in any number of steps.
 * ``rflow``: rectified flow, ``x_t = (1 - t/T) x0 + (t/T) eps`` with real ``t`` in
