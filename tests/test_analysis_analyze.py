@@ -1,8 +1,13 @@
-"""``unveil analyze`` on a fake counterfactual run built without any model.
+"""``unveil analyze`` on fake counterfactual runs built without any model.
 
-The fake run has a known answer: the "edited" volumes are the factual ones plus exactly the
-planted smoking effect (-60 HU in the upper lung zone for subjects who are not current
-smokers) plus a little independent noise, and the null edit changes nothing but that noise.
+The first fake run has a known answer: the "edited" volumes are the factual ones plus
+exactly the planted smoking effect (-60 HU in the upper lung zone for subjects who are not
+current smokers) plus a little independent noise; the null edit and two permuted-label
+controls change nothing but that noise; and the noise floor is biased (floor - factual is
++50 HU everywhere), which must not make anything significant now that effects are tested
+against zero.  The second run is a biased model: every edit and every control shifts all
+voxels by about +3 HU, which the raw test calls significant and the calibration on the
+controls does not.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ SMOKING = [
 BLOOD = ["A", "O", "B", "O", "A", "O", "A", "B", "O", "A"]
 AGES = [50.0, 66.0, 61.0, 45.0, 70.0, 52.0, 58.0, 48.0, 64.0, 55.0]
 SEEDS = [0, 1]
+FLOOR_BIAS = 50.0
+PERMUTED = ["permuted-1:blood_group", "permuted-2:blood_group"]
 
 
 def _affine() -> np.ndarray:
@@ -92,6 +99,8 @@ def _build(root):
             "family": "gan",
             "edits": [edit],
             "null_edits": [null],
+            "permuted_controls": PERMUTED,
+            "noise": "per-subject",
             "seeds": SEEDS,
             "floor_seed_offset": 1000,
             "subjects": ids,
@@ -105,17 +114,23 @@ def _build(root):
         anatomy = np.where(lung, -860.0, 30.0) + rng.normal(0, 5.0, labels.shape)
         for k in SEEDS:
             factual = anatomy + rng.normal(0, 20.0, labels.shape)
-            floor = anatomy + rng.normal(0, 20.0, labels.shape)
+            # A biased generator: its second seed is 50 HU brighter everywhere.
+            floor = factual + FLOOR_BIAS + rng.normal(0, 1.0, labels.shape)
             edited = factual + rng.normal(0, 3.0, labels.shape)
             if smoke != "current":
                 edited[upper] += SHIFT
             nulled = factual + rng.normal(0, 3.0, labels.shape)
-            for path, arr in (
+            outputs = [
                 (layout.factual(sid, k), factual),
                 (layout.floor(sid, k), floor),
                 (layout.edited(sid, edit, k), edited),
                 (layout.edited(sid, null, k), nulled),
-            ):
+            ]
+            outputs += [
+                (layout.edited(sid, name, k), factual + rng.normal(0, 3.0, labels.shape))
+                for name in PERMUTED
+            ]
+            for path, arr in outputs:
                 write_volume(Volume(arr.astype(np.float32), affine), path)
     return run
 
@@ -125,6 +140,65 @@ def analyzed(tmp_path_factory):
     run = _build(tmp_path_factory.mktemp("analyze"))
     results = analyze_run(run, n_boot=400, seed=0, progress=False)
     return run, results
+
+
+BIAS = 3.0
+N_BIASED = 8
+
+
+def _build_biased(root):
+    """A model with a systematic +3 HU shift: every edit and control brightens every voxel.
+
+    No effects.json (nothing planted); the run record has no 'noise' key (an older run).
+    """
+    rng = np.random.default_rng(1)
+    cohort = root / "cohort"
+    affine, labels = _affine(), _labels()
+    lung = (labels == 1) | (labels == 2)
+    ids = [f"sub-{k:03d}" for k in range(N_BIASED)]
+    rows = ["id,age,smoking,blood_group"]
+    for sid, smoke, blood, age in zip(ids, SMOKING, BLOOD, AGES, strict=False):
+        rows.append(f"{sid},{age},{smoke},{blood}")
+        real = np.where(lung, -870.0, 40.0) + rng.normal(0, 20.0, labels.shape)
+        write_volume(Volume(real.astype(np.float32), affine), cohort / "images" / f"{sid}.nii.gz")
+        write_volume(Volume(labels, affine), cohort / "masks" / f"{sid}.nii.gz")
+    write_text(cohort / "clinical.csv", "\n".join(rows) + "\n")
+    run = root / "run"
+    layout = RunLayout(run)
+    edit, null = "smoking=current", "blood_group=O"
+    perm = [f"permuted-{i}:blood_group" for i in range(1, 5)]
+    write_json(
+        layout.json_path,
+        {
+            "cohort": str(cohort),
+            "edits": [edit],
+            "null_edits": [null],
+            "permuted_controls": perm,
+            "seeds": [0],
+            "subjects": ids,
+            "hu_window": [-1000, 500],
+            "config": {"data": DataConfig().model_dump()},
+        },
+    )
+    # Each contrast has its own systematic shift near +3 HU (the spread the calibration
+    # must learn), and each subject a little variation around it.
+    shift = {c: BIAS + rng.normal(0.0, 0.4) for c in [null, *perm]}
+    shift[edit] = BIAS + 0.2
+    for sid in ids:
+        factual = np.where(lung, -860.0, 30.0) + rng.normal(0, 20.0, labels.shape)
+        write_volume(Volume(factual.astype(np.float32), affine), layout.factual(sid, 0))
+        floor = factual + rng.normal(0, 2.0, labels.shape)
+        write_volume(Volume(floor.astype(np.float32), affine), layout.floor(sid, 0))
+        for c, b in shift.items():
+            arr = factual + b + rng.normal(0.0, 0.3) + rng.normal(0, 2.0, labels.shape)
+            write_volume(Volume(arr.astype(np.float32), affine), layout.edited(sid, c, 0))
+    return run
+
+
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory):
+    run = _build_biased(tmp_path_factory.mktemp("biased"))
+    return run, analyze_run(run, n_boot=200, seed=0, progress=False)
 
 
 def _row(rows, contrast, region):
@@ -141,6 +215,46 @@ def test_layout_slug_and_paths(tmp_path):
     assert lay.edited("s1", "a b", 2).name == "a_b_s2.nii.gz"
     assert lay.floor("s1", 0).name == "floor_s0.nii.gz"
     assert lay.map_png("s1", "age+=10") == tmp_path / "analysis/maps/s1/age+=10_mean_diff.png"
+    assert lay.edited("s1", "permuted-1:blood_group", 0).name == "permuted-1_blood_group_s0.nii.gz"
+
+
+def test_read_run_lists_permuted_controls_as_volumes(tmp_path):
+    record = {
+        "cohort": "c",
+        "edits": ["a=1"],
+        "permuted_controls": ["permuted-1:b"],
+        "seeds": [0],
+        "subjects": ["s"],
+        "noise": "per-subject",
+    }
+    (tmp_path / "counterfactual.json").write_text(json.dumps(record))
+    run = read_run(tmp_path, check_volumes=False)
+    assert run["permuted_controls"] == ["permuted-1:b"] and run["null_edits"] == []
+    assert run["noise"] == "per-subject"
+    names = {p.name for p in RunLayout(tmp_path).volumes(run)}
+    assert names == {
+        "factual_s0.nii.gz",
+        "floor_s0.nii.gz",
+        "a=1_s0.nii.gz",
+        "permuted-1_b_s0.nii.gz",
+    }
+    with pytest.raises(UnveilError, match=r"permuted-1_b_s0.nii.gz is missing"):
+        for p in RunLayout(tmp_path).volumes(run)[:2]:
+            write_volume(Volume(np.zeros((2, 2, 2), dtype=np.float32), np.eye(4)), p)
+        write_volume(
+            Volume(np.zeros((2, 2, 2), dtype=np.float32), np.eye(4)),
+            RunLayout(tmp_path).edited("s", "a=1", 0),
+        )
+        read_run(tmp_path)
+    for bad in ({"permuted_controls": "permuted-1:b"}, {"noise": 1}):
+        (tmp_path / "counterfactual.json").write_text(json.dumps({**record, **bad}))
+        with pytest.raises(UnveilError):
+            read_run(tmp_path, check_volumes=False)
+    (tmp_path / "counterfactual.json").write_text(
+        json.dumps({**record, "permuted_controls": ["a=1"]})
+    )
+    with pytest.raises(UnveilError, match="collide"):
+        read_run(tmp_path, check_volumes=False)
 
 
 def test_read_run_errors(tmp_path):
@@ -175,9 +289,11 @@ def test_recovers_planted_shift_in_upper_lung(analyzed):
     planted = SHIFT * sum(s != "current" for s in SMOKING) / len(SMOKING)  # -48 HU
     assert up["mean_diff_hu"] == pytest.approx(planted, rel=0.10)
     assert up["ci_low"] < planted < up["ci_high"]
-    assert up["significant"] and up["q_value"] < 0.05
+    assert up["significant"] and up["q_calibrated"] < 0.05 and up["q_value"] < 0.05
     assert up["effect_size_dz"] < -1.0
+    assert up["se_hu"] == pytest.approx(up["sd_hu"] / math.sqrt(len(SMOKING)))
     assert up["n_subjects"] == len(SMOKING) and up["n_seeds"] == len(SEEDS)
+    assert up["control_kind"] == "" and not up["null_control"]
     # nothing planted in the lower zone or the airway
     for region in ("lower_lung", "airway"):
         row = _row(results["cohort_stats"], "smoking=current", region)
@@ -185,29 +301,87 @@ def test_recovers_planted_shift_in_upper_lung(analyzed):
     rec = _row(results["recovery"], "smoking=current", "upper_lung")
     assert rec["planted_hu"] == pytest.approx(planted)
     assert abs(rec["error_hu"]) < 0.1 * abs(planted)
-    assert rec["sign_ok"] and rec["within_30pct"]
+    assert rec["sign_ok"] and rec["within_tolerance"] and rec["within_30pct"]
     # an effect planted in the upper zone counts in "lung" in proportion to its voxels
     lung = _row(results["recovery"], "smoking=current", "lung")
     assert lung["planted_hu"] == pytest.approx(planted / 3.0, rel=0.15)
-    assert results["verdict"]["recovery"]["passed"] is True
+    low = _row(results["recovery"], "smoking=current", "lower_lung")
+    assert low["planted_hu"] == 0.0 and low["within_tolerance"]  # |recovered| <= 5 HU
+    rec_v = results["verdict"]["recovery"]
+    assert rec_v["passed"] is True and rec_v["tolerance"] == 0.3
+    checks = {(c["region"], c["check"]) for c in rec_v["checked"]}
+    assert checks == {
+        ("upper_lung", "planted"),
+        ("middle_lung", "nothing planted"),
+        ("lower_lung", "nothing planted"),
+    }
 
 
-def test_null_edit_reports_nothing(analyzed):
+def test_biased_noise_floor_makes_nothing_significant(analyzed):
+    # The old bug: effects tested against a floor 50 HU off made a null edit "significant".
     _, results = analyzed
-    nulls = [r for r in results["cohort_stats"] if r["contrast"] == "blood_group=O"]
-    assert nulls and all(r["null_control"] for r in nulls)
-    assert not any(r["significant"] for r in nulls)
-    assert all(abs(r["mean_diff_hu"]) < 1.0 for r in nulls)
+    floor = {r["region"]: r for r in results["noise_floor"]}
+    assert all(f["floor_mean_hu"] == pytest.approx(FLOOR_BIAS, abs=0.5) for f in floor.values())
+    for contrast in ("blood_group=O", *PERMUTED):
+        rows = [r for r in results["cohort_stats"] if r["contrast"] == contrast]
+        assert len(rows) == len(floor)
+        assert not any(r["significant"] for r in rows)
+        assert all(r["q_value"] > 0.05 for r in rows), contrast
+    # and the floor is reported, with what it lets one detect
+    lung = floor["lung"]
+    mde = (1.959964 + 0.841621) * lung["floor_sd_hu"] / math.sqrt(len(SMOKING))
+    assert lung["mde_hu"] == pytest.approx(mde, rel=1e-4)
+    assert lung["seed_sd_hu"] < 1.0  # floor = factual + 50 + 1 HU voxel noise
+    up = _row(results["cohort_stats"], "smoking=current", "upper_lung")
+    assert up["floor_mean_hu"] == floor["upper_lung"]["floor_mean_hu"]
+    assert up["mde_hu"] == floor["upper_lung"]["mde_hu"]
+
+
+def test_null_controls_report_nothing(analyzed):
+    _, results = analyzed
+    for contrast, kind in [("blood_group=O", "null_edit")] + [(p, "permuted") for p in PERMUTED]:
+        rows = [r for r in results["cohort_stats"] if r["contrast"] == contrast]
+        assert rows and all(r["null_control"] and r["control_kind"] == kind for r in rows)
+        assert not any(r["significant"] for r in rows)
+        assert all(abs(r["mean_diff_hu"]) < 1.0 for r in rows)
+        # leave-one-out calibrated p, for display
+        assert all(0.0 <= r["p_calibrated"] <= 1.0 for r in rows)
     v = results["verdict"]
     assert v["null_control_passed"] is True
+    assert v["null_control_max_abs_hu"] < 1.0
     null_v = next(e for e in v["edits"] if e["contrast"] == "blood_group=O")
     assert null_v["summary"].startswith("null control passed")
     assert (
         "upper_lung"
         in next(e for e in v["edits"] if e["contrast"] == "smoking=current")["significant_regions"]
     )
-    # BH over all rows: q >= p everywhere
+    # the permuted controls are read as null controls and calibrate the real edit
+    cal = results["calibration"]
+    assert cal["available"] and cal["n_controls"] == 3 and cal["n_rows"] == 27
+    assert set(cal["controls"]) == {"blood_group=O", *PERMUTED}
+    assert abs(cal["mu_hu"]) < 0.5 and cal["tau_hu"] < 0.5
+    # permuted controls are not edits: no association, no planted expectation
+    for table in ("observed", "adjusted", "recovery"):
+        assert not [r for r in results[table] if r["contrast"] in PERMUTED], table
+    assert results["settings"]["control_kinds"]["permuted-1:blood_group"] == "permuted"
+    # BH within each family: q >= p everywhere
     assert all(r["q_value"] >= r["p_value"] - 1e-12 for r in results["cohort_stats"])
+    assert not any("per-subject" in n for n in v["notes"])  # the run says so
+
+
+def test_specificity_of_the_planted_edit(analyzed):
+    _, results = analyzed
+    spec = next(r for r in results["specificity"] if r["contrast"] == "smoking=current")
+    assert spec["peak_region"] == "upper_lung"
+    assert spec["peak_hu"] == pytest.approx(-48.0, rel=0.1)
+    assert abs(spec["spill_hu"]) < 1.0 and spec["spill_fraction"] < 0.03
+    assert spec["spill_ci_low"] <= spec["spill_hu"] <= spec["spill_ci_high"]
+    assert abs(spec["airway_hu"]) < 1.0
+    up = _row(results["cohort_stats"], "smoking=current", "upper_lung")
+    assert (spec["peak_ci_low"], spec["peak_ci_high"]) == (up["ci_low"], up["ci_high"])
+    (line,) = results["verdict"]["specificity"]
+    assert line.startswith("smoking=current: largest in upper_lung -48")
+    assert "rest of the lung" in line and "airway" in line
 
 
 def test_observed_association_in_real_cohort(analyzed):
@@ -218,6 +392,13 @@ def test_observed_association_in_real_cohort(analyzed):
     assert row["ci_low"] <= row["diff_hu"] <= row["ci_high"] < 0.0
     low = _row(results["observed"], "smoking=current", "lower_lung")
     assert abs(low["diff_hu"]) < 5.0
+    # the null edit is compared with the run's baseline value (blood_group=A), not the rest
+    blood = _row(results["observed"], "blood_group=O", "lung")
+    assert blood["group_b"] == "blood_group=A"
+    assert (blood["n_a"], blood["n_b"]) == (BLOOD.count("O"), BLOOD.count("A"))
+    adj = _row(results["adjusted"], "smoking=current", "upper_lung")
+    assert adj["diff_hu"] == pytest.approx(SHIFT, abs=5.0)
+    assert adj["term_a"] == "smoking[current]" and adj["n_subjects"] == len(SMOKING)
 
 
 def test_every_output_written(analyzed):
@@ -226,29 +407,39 @@ def test_every_output_written(analyzed):
     for name in (
         "subject_regions.csv",
         "cohort_stats.csv",
+        "noise_floor.csv",
+        "specificity.csv",
         "observed.csv",
+        "adjusted.csv",
         "recovery.csv",
         "results.json",
     ):
         assert (out / name).is_file(), name
     with open(out / "cohort_stats.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0])[:15] == [
-        "contrast", "region", "n_subjects", "mean_diff_hu", "ci_low", "ci_high", "floor_mean_hu",
-        "floor_sd_hu", "effect_size_dz", "statistic", "p_value", "q_value", "significant", "test",
-        "null_control",
+    assert list(rows[0]) == [
+        "contrast", "region", "n_subjects", "mean_diff_hu", "ci_low", "ci_high", "sd_hu",
+        "se_hu", "effect_size_dz", "statistic", "p_value", "q_value", "p_calibrated",
+        "q_calibrated", "significant", "test", "null_control", "control_kind", "floor_mean_hu",
+        "floor_sd_hu", "seed_sd_hu", "mde_hu", "n_seeds",
     ]  # fmt: skip
     assert len(rows) == len(results["cohort_stats"])
     with open(out / "subject_regions.csv", newline="") as fh:
         sub = list(csv.DictReader(fh))
     floors = {r["id"] for r in sub if r["contrast"] == "noise_floor"}
     assert len(floors) == len(SMOKING)
+    assert {r["contrast"] for r in sub} >= set(PERMUTED)
+    with open(out / "recovery.csv", newline="") as fh:
+        assert "within_tolerance" in next(csv.DictReader(fh))
     on_disk = json.loads((out / "results.json").read_text())
     assert "config" not in on_disk["run"] and on_disk["alpha"] == 0.05
-    assert set(on_disk) >= {"run", "cohort_stats", "observed", "recovery", "verdict"}
+    assert set(on_disk) >= {
+        "run", "cohort_stats", "noise_floor", "calibration", "specificity", "observed",
+        "adjusted", "recovery", "verdict",
+    }  # fmt: skip
     lay = RunLayout(run)
     for sid in ("sub-000", "sub-002"):
-        for edit in ("smoking=current", "blood_group=O"):
+        for edit in ("smoking=current", "blood_group=O", *PERMUTED):
             assert lay.map_png(sid, edit).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the mean map is in HU on the source grid: -60 in the upper zone of a never smoker
     vol = read_volume(lay.map_nifti("sub-000", "smoking=current"))
@@ -258,10 +449,174 @@ def test_every_output_written(analyzed):
     assert abs(float(vol.array[~upper].mean())) < 1.0
     assert lay.map_png("sub-000", "noise_floor").is_file()  # chance on the same scale
     floor_map = read_volume(lay.map_nifti("sub-000", "noise_floor")).array
-    assert 5.0 < float(floor_map.std()) < 30.0  # two seeds of 20 HU noise, averaged
-    assert "upper_lung" in format_table(results)
+    assert float(floor_map.mean()) == pytest.approx(FLOOR_BIAS, abs=0.5)
+    assert "upper_lung" in format_table(results) and "q cal" in format_table(results)
     assert any("groups of 2 and 8" in n for n in results["verdict"]["notes"])
     assert all(math.isfinite(r["p_value"]) for r in results["cohort_stats"])
+
+
+def test_calibration_on_a_biased_model(biased):
+    _, results = biased
+    cal = results["calibration"]
+    assert cal["available"] and cal["n_controls"] == 5
+    assert cal["mu_hu"] == pytest.approx(BIAS, abs=0.8)
+    assert 0.0 <= cal["tau_hu"] < 1.5
+    lung = _row(results["cohort_stats"], "smoking=current", "lung")
+    # raw: a consistent +3 HU in every subject is "significant"; calibrated: it is what
+    # every attribute without effect produces through this model.
+    assert lung["mean_diff_hu"] == pytest.approx(BIAS + 0.2, abs=0.5)
+    assert lung["q_value"] < 0.05
+    assert lung["p_calibrated"] > lung["p_value"] and lung["q_calibrated"] > 0.05
+    assert not lung["significant"]
+    assert not any(
+        r["significant"] for r in results["cohort_stats"] if r["contrast"] == "smoking=current"
+    )
+    # the controls themselves are judged raw, and they do shift: the null control fails
+    v = results["verdict"]
+    assert v["null_control_passed"] is False
+    assert v["null_control_max_abs_hu"] > 2.0
+    null_v = next(e for e in v["edits"] if e["contrast"] == "blood_group=O")
+    assert null_v["summary"].startswith("null control FAILED")
+    assert v["recovery"] is None and results["recovery"] == []  # nothing planted
+    assert any("per-subject" in n and "not independent" in n for n in v["notes"])
+
+
+def test_too_few_controls_fall_back_on_the_raw_test():
+    from unveil.analysis.analyze import calibrate_rows
+
+    def row(contrast, est, se, p, null):
+        return {
+            "contrast": contrast,
+            "region": "lung",
+            "mean_diff_hu": est,
+            "se_hu": se,
+            "p_value": p,
+            "null_control": null,
+        }
+
+    rows = [row("a=1", -20.0, 1.0, 0.001, False), row("b=1", 0.5, 1.0, 0.6, True)]
+    cal = calibrate_rows(rows, alpha=0.05)
+    assert not cal["available"] and cal["n_rows"] == 1
+    assert rows[0]["significant"] and math.isnan(rows[0]["p_calibrated"])
+    assert not rows[1]["significant"]
+
+
+def test_calibrate_rows_judges_edits_against_the_empirical_null():
+    from unveil.analysis.analyze import calibrate_rows
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(12):  # controls: systematic error N(4, 1^2), small sampling error
+        rows.append(
+            {
+                "contrast": f"null-{i}",
+                "region": "lung",
+                "mean_diff_hu": 4.0 + rng.normal(0.0, 1.0),
+                "se_hu": 0.2,
+                "p_value": 1e-4,  # every control shifts: raw-significant
+                "null_control": True,
+            }
+        )
+    rows.append(
+        {
+            "contrast": "x=1",
+            "region": "lung",
+            "mean_diff_hu": 4.5,
+            "se_hu": 0.2,
+            "p_value": 1e-6,
+            "null_control": False,
+        }
+    )
+    rows.append(
+        {
+            "contrast": "y=1",
+            "region": "lung",
+            "mean_diff_hu": -30.0,
+            "se_hu": 2.0,
+            "p_value": 1e-6,
+            "null_control": False,
+        }
+    )
+    cal = calibrate_rows(rows, alpha=0.05)
+    assert cal["available"] and cal["n_rows"] == 12
+    assert cal["mu_hu"] == pytest.approx(4.0, abs=0.8)
+    x, y = rows[-2], rows[-1]
+    assert x["p_calibrated"] > 0.3 and not x["significant"]  # within the model's bias
+    assert y["p_calibrated"] < 1e-3 and y["significant"]  # far outside it
+    assert all(r["significant"] for r in rows[:12])  # controls: raw, not calibrated
+    assert all(0.0 <= r["p_calibrated"] <= 1.0 for r in rows[:12])  # leave-one-out
+
+
+def test_adjusted_association_removes_confounding():
+    from unveil.analysis.analyze import _observed, adjusted_association
+
+    rng = np.random.default_rng(2)
+    n = 200
+    smoker = rng.random(n) < 0.5
+    age = np.where(smoker, rng.normal(72, 5, n), rng.normal(52, 5, n))  # smokers older
+    blood = rng.choice(["A", "B", "O"], n)
+    height = rng.normal(170, 8, n)
+    y = -860.0 - 60.0 * smoker + 1.0 * (age - 60.0) + rng.normal(0, 4.0, n)
+    ids = [f"s{i}" for i in range(n)]
+    table = {
+        sid: {
+            "age": float(a),
+            "smoking": "current" if sm else "never",
+            # attributes without effect, with missing values: a level, a fill + indicator
+            "blood_group": str(b) if i % 7 else None,
+            "height": float(h) if i % 9 else None,
+        }
+        for i, (sid, sm, a, b, h) in enumerate(zip(ids, smoker, age, blood, height, strict=True))
+    }
+    real = {sid: np.array([v, v + 10.0]) for sid, v in zip(ids, y, strict=True)}
+    edits = [parse_run_edit("smoking=current"), parse_run_edit("age+=10")]
+    base = [parse_run_edit("smoking=never")]
+    notes: list[str] = []
+    raw = _observed(
+        ["smoking=current"], {"smoking=current": edits[0]}, ["lung", "upper_lung"], real,
+        table, 300, 0, notes, base,
+    )  # fmt: skip
+    rows = adjusted_association(table, real, ["lung", "upper_lung"], edits, base, notes)
+    smoke = _row(rows, "smoking=current", "lung")
+    assert raw[0]["group_b"] == "smoking=never"
+    assert raw[0]["diff_hu"] > -50.0  # confounded by age: about -60 + 20
+    assert smoke["diff_hu"] == pytest.approx(-60.0, abs=3.0)
+    assert smoke["ci_low"] < -60.0 < smoke["ci_high"]
+    assert smoke["term_a"] == "smoking[current]" and "reference" in smoke["term_b"]
+    assert smoke["n_subjects"] == n
+    age10 = _row(rows, "age+=10", "lung")
+    assert age10["diff_hu"] == pytest.approx(10.0, abs=1.5) and age10["scale"] == 10.0
+    # same answer whatever the region's offset
+    assert _row(rows, "smoking=current", "upper_lung")["diff_hu"] == pytest.approx(smoke["diff_hu"])
+    # a baseline that is not the reference level: never -> current against former
+    table2 = {s: {**r, "smoking": "former" if i % 3 == 0 else r["smoking"]} for i, (s, r) in enumerate(table.items())}  # fmt: skip
+    rows2 = adjusted_association(
+        table2, real, ["lung"], edits[:1], [parse_run_edit("smoking=former")], notes
+    )
+    assert rows2[0]["term_b"] == "smoking[former]"
+    assert math.isfinite(rows2[0]["se_hu"]) and rows2[0]["se_hu"] > 0
+    # an edit to the reference level without a baseline: against the other levels, not 0
+    recorded = [r["blood_group"] for r in table.values() if r["blood_group"]]
+    top = sorted(set(recorded), key=lambda b: (-recorded.count(b), b))[0]  # the reference
+    (blood,) = adjusted_association(table, real, ["lung"], [parse_run_edit(f"blood_group={top}")])
+    assert blood["term_b"] == "blood_group[other recorded levels, by frequency]"
+    assert abs(blood["diff_hu"]) < 3.0 and blood["se_hu"] > 0.1
+    assert blood["ci_low"] < 0.0 < blood["ci_high"]
+
+
+def test_observed_compares_target_with_the_baseline_value():
+    from unveil.analysis.analyze import _observed
+
+    smoking = ["never"] * 6 + ["former"] * 6 + ["current"] * 6
+    real = {f"s{i}": np.array([-860.0 - 40.0 * (s == "current")]) for i, s in enumerate(smoking)}
+    clinical = {f"s{i}": {"smoking": s} for i, s in enumerate(smoking)}
+    edit = parse_run_edit("smoking=current")
+    args = (["smoking=current"], {"smoking=current": edit}, ["lung"], real, clinical, 200, 0, [])
+    with_base = _observed(*args, [parse_run_edit("smoking=never")])[0]
+    assert (with_base["group_b"], with_base["n_b"]) == ("smoking=never", 6)
+    assert with_base["diff_hu"] == pytest.approx(-40.0)
+    rest = _observed(*args)[0]
+    assert (rest["group_b"], rest["n_b"]) == ("smoking!=current", 12)
 
 
 def test_cli_missing_json_exits_2(tmp_path, capsys):
@@ -277,14 +632,22 @@ def test_cli_missing_json_exits_2(tmp_path, capsys):
 def test_cli_runs_and_prints_table(analyzed, capsys):
     from unveil.cli import main
 
-    run, _ = analyzed
-    rc = main(["analyze", str(run), "--n-boot", "200", "--test", "t"])
+    run, results = analyzed
+    assert results["verdict"]["recovery"]["passed"] is True  # with the default tolerances
+    # A tolerance of 0.001%: the recovered -48.0x HU is no longer "within" the planted -48.
+    argv = ["analyze", str(run), "--n-boot", "200", "--test", "t", "--tolerance", "0.00001"]
+    rc = main([*argv, "--spill-limit", "0"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "smoking=current" in out and "upper_lung" in out and "null control passed" in out
+    assert "specificity: smoking=current: largest in upper_lung" in out
+    assert "empirical null from 27 control row(s)" in out
+    assert "planted-effect recovery FAILED" in out
     stats = json.loads((RunLayout(run).analysis_dir / "results.json").read_text())
     assert stats["settings"]["test"] == "t"
-    assert stats["cohort_stats"][0]["test"] == "paired t"
+    assert stats["cohort_stats"][0]["test"] == "one-sample t"
+    assert stats["settings"]["recovery_tolerance"] == 0.00001
+    assert stats["verdict"]["recovery"]["spill_limit_hu"] == 0.0
 
 
 def test_display_slices_radiological_whatever_the_storage():

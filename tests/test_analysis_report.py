@@ -31,6 +31,7 @@ SHAPE = (16, 16, 16)
 AFFINE = np.array([[-1.5, 0, 0, 10.0], [0, -1.5, 0, 20.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]])
 EDIT = "smoking=current"
 NULL = "blood_group=O"
+PERM = "permuted-1:blood_group"
 
 # The report reads what `unveil analyze` writes: the same column order.
 COHORT_HEADER = list(COHORT_COLUMNS)
@@ -44,7 +45,7 @@ def _label_map() -> np.ndarray:
     return lab
 
 
-def _stat(contrast, region, mean, lo, hi, q, sig, null=False, n=2):
+def _stat(contrast, region, mean, lo, hi, q, sig, null=False, n=2, qc=None, kind=""):
     return {
         "contrast": contrast,
         "region": region,
@@ -52,25 +53,35 @@ def _stat(contrast, region, mean, lo, hi, q, sig, null=False, n=2):
         "mean_diff_hu": mean,
         "ci_low": lo,
         "ci_high": hi,
-        "floor_mean_hu": 0.1,
-        "floor_sd_hu": 2.0,
+        "sd_hu": 2.0,
+        "se_hu": 2.0 / n**0.5,
         "effect_size_dz": mean / 2.0,
         "statistic": 0.0,
         "p_value": q / 2,
         "q_value": q,
+        "p_calibrated": None if qc is None else qc / 2,
+        "q_calibrated": qc,
         "significant": sig,
-        "test": "wilcoxon",
+        "test": "wilcoxon signed-rank",
         "null_control": null,
+        "control_kind": kind or ("null_edit" if null else ""),
+        "floor_mean_hu": 0.1,
+        "floor_sd_hu": 2.0,
+        "seed_sd_hu": 1.5,
+        "mde_hu": 3.96,
+        "n_seeds": 2,
     }
 
 
 def _results(edit: str = EDIT, null: str = NULL, checkpoint: str = "runs/ckpt/last.pt") -> dict:
     cohort_stats = [
-        _stat(edit, "upper_lung", -58.0, -64.0, -52.0, 0.0004, True),
-        _stat(edit, "lung", -19.6, -22.0, -17.0, 0.002, True),
-        _stat(edit, "airway", 0.3, -1.0, 1.5, 0.6, False),
-        _stat(null, "upper_lung", 0.4, -1.2, 2.0, 0.8, False, null=True),
-        _stat(null, "lung", -0.2, -1.0, 0.7, 0.9, False, null=True),
+        _stat(edit, "upper_lung", -58.0, -64.0, -52.0, 0.0004, True, qc=0.0008),
+        _stat(edit, "lung", -19.6, -22.0, -17.0, 0.002, True, qc=0.004),
+        _stat(edit, "airway", 0.3, -1.0, 1.5, 0.6, False, qc=0.7),
+        _stat(null, "upper_lung", 0.4, -1.2, 2.0, 0.8, False, null=True, qc=0.9),
+        _stat(null, "lung", -0.2, -1.0, 0.7, 0.9, False, null=True, qc=0.9),
+        _stat(PERM, "upper_lung", 0.6, -0.5, 1.7, 0.7, False, null=True, kind="permuted"),
+        _stat(PERM, "lung", 0.1, -0.4, 0.6, 0.9, False, null=True, kind="permuted"),
     ]
     recovery = [
         {
@@ -127,12 +138,63 @@ def _results(edit: str = EDIT, null: str = NULL, checkpoint: str = "runs/ckpt/la
             "method": "difference of group means, bootstrap over subjects",
         },
     ]
+    adjusted = [
+        {
+            "contrast": edit,
+            "attribute": "smoking",
+            "region": region,
+            "term_a": "smoking[current]",
+            "term_b": "smoking[never] (reference)",
+            "scale": 1.0,
+            "n_subjects": 40,
+            "n_parameters": 6,
+            "diff_hu": diff,
+            "se_hu": 3.0,
+            "ci_low": diff - 6.0,
+            "ci_high": diff + 6.0,
+            "p_value": 0.001,
+            "method": "OLS on 5 attribute(s) of the clinical table, HC3 covariance",
+        }
+        for region, diff in (("upper_lung", -61.0), ("lung", -20.5))
+    ]
+    noise_floor = [
+        {
+            "region": region,
+            "n_subjects": 2,
+            "n_seeds": 2,
+            "floor_mean_hu": 0.1,
+            "floor_sd_hu": 2.0,
+            "seed_sd_hu": 1.5,
+            "mde_hu": 3.96,
+        }
+        for region in ("lung", "upper_lung", "airway")
+    ]
+    specificity = [
+        {
+            "contrast": edit,
+            "null_control": False,
+            "peak_region": "upper_lung",
+            "peak_hu": -58.0,
+            "peak_ci_low": -64.0,
+            "peak_ci_high": -52.0,
+            "spill_hu": -1.2,
+            "spill_ci_low": -2.0,
+            "spill_ci_high": -0.4,
+            "spill_fraction": 0.0207,
+            "airway_hu": 0.3,
+            "airway_ci_low": -1.0,
+            "airway_ci_high": 1.5,
+            "n_subjects": 2,
+        }
+    ]
     run = {
         "checkpoint": checkpoint,
         "cohort": "cohort",
         "family": "diffusion",
         "edits": [edit],
         "null_edits": [null],
+        "permuted_controls": [PERM],
+        "noise": "per-subject",
         "seeds": [0, 1],
         "floor_seed_offset": 1000,
         "subjects": ["sub-000", "sub-001"],
@@ -155,13 +217,29 @@ def _results(edit: str = EDIT, null: str = NULL, checkpoint: str = "runs/ckpt/la
             ],
             "passed": True,
         },
+        "specificity": [
+            f"{edit}: largest in upper_lung -58.0 HU [-64.0, -52.0]; rest of the lung -1.2 HU "
+            "[-2.0, -0.4] (spill 2% of the peak); airway +0.3 HU [-1.0, +1.5]"
+        ],
         "notes": ["with 2 subject(s) the two-sided signed-rank test cannot reach p < 0.05."],
+    }
+    calibration = {
+        "available": True,
+        "mu_hu": 0.25,
+        "tau_hu": 0.1,
+        "n_rows": 4,
+        "n_controls": 2,
+        "controls": [null, PERM],
     }
     return {
         "run": run,
         "settings": {"n_boot": 2000, "test": "wilcoxon", "bootstrap": "BCa over subjects"},
         "cohort_stats": cohort_stats,
+        "noise_floor": noise_floor,
+        "calibration": calibration,
+        "specificity": specificity,
         "observed": observed,
+        "adjusted": adjusted,
         "recovery": recovery,
         "verdict": verdict,
         "alpha": 0.05,
@@ -209,11 +287,11 @@ def make_run(
     ana.mkdir(parents=True)
     stored = dict(results)
     if not json_tables:
-        stored = {k: results[k] for k in ("run", "settings", "verdict", "alpha")}
+        stored = {k: results[k] for k in ("run", "settings", "verdict", "calibration", "alpha")}
     (ana / "results.json").write_text(json.dumps(stored))
     _write_csv(ana / "cohort_stats.csv", results["cohort_stats"], COHORT_HEADER)
-    _write_csv(ana / "recovery.csv", results["recovery"], list(results["recovery"][0]))
-    _write_csv(ana / "observed.csv", results["observed"], list(results["observed"][0]))
+    for key in ("recovery", "observed", "adjusted", "noise_floor", "specificity"):
+        _write_csv(ana / f"{key}.csv", results[key], list(results[key][0]))
     return results
 
 
@@ -235,20 +313,28 @@ def _no_external_refs(page: str) -> None:
 
 def test_verdict_lines_name_effect_planted_size_and_null_control():
     lines = verdict_lines(_results())
-    assert lines[0] == (
-        "smoking=current: upper_lung -58 HU [-64, -52], q<0.001 (planted -60 HU, error 3%); "
-        "also significant in 1 other region(s): lung"
-    )
-    assert lines[1] == "null control blood_group=O: nothing significant after FDR (passed)"
-    assert lines[2] == (
-        "planted effects recovered in 1/1 planted region(s) (right sign, within 30%, "
-        "significant after FDR)"
-    )
-    assert len(lines) == 3
-    # Without the analysis verdict (an older results.json), every planted row is counted.
+    assert lines == [
+        "smoking=current: upper_lung -58 HU [-64, -52], calibrated q<0.001 (planted -60 HU, "
+        "error 3%); also significant in 1 other region(s): lung",
+        "null control blood_group=O: nothing significant after FDR (passed); largest |effect| "
+        "0.40 HU",
+        "permuted-label controls (1): nothing significant after FDR (passed); largest |effect| "
+        "0.60 HU",
+        "empirical null from 4 null-control row(s): systematic error +0.25 HU, spread 0.10 HU; "
+        "real edits are judged against it",
+        "specificity: smoking=current: largest in upper_lung -58.0 HU [-64.0, -52.0]; rest of "
+        "the lung -1.2 HU [-2.0, -0.4] (spill 2% of the peak); airway +0.3 HU [-1.0, +1.5]",
+        "planted effects recovered in 1/1 planted region(s) (right sign, within 30%, significant)",
+    ]
+    # Without the analysis verdict and calibration (an older results.json): raw q, and
+    # every planted row counted.
     res = _results()
-    del res["verdict"]
-    assert verdict_lines(res)[2] == (
+    del res["verdict"], res["calibration"], res["run"]["permuted_controls"]
+    for r in res["cohort_stats"]:
+        r.pop("q_calibrated")
+    old = verdict_lines(res)
+    assert old[0].startswith("smoking=current: upper_lung -58 HU [-64, -52], q<0.001 (planted")
+    assert old[-1] == (
         "planted effects: right sign in 2/2 edit-region pairs, within 30% of the planted size in 2/2"
     )
 
@@ -256,19 +342,40 @@ def test_verdict_lines_name_effect_planted_size_and_null_control():
 def test_verdict_lines_flag_failed_null_and_missed_effect():
     res = _results()
     for r in res["cohort_stats"]:
-        r["significant"] = r["contrast"] == NULL and r["region"] == "lung"
+        r["significant"] = r["contrast"] in (NULL, PERM) and r["region"] == "lung"
     res["cohort_stats"][4]["q_value"] = 0.03
     lines = verdict_lines(res)
     assert lines[0].startswith(
-        "smoking=current: nothing significant after FDR (largest: upper_lung"
+        "smoking=current: nothing significant after calibration and FDR (largest: upper_lung"
     )
     assert "planted -60 HU in upper_lung NOT recovered" in lines[0]
     assert lines[1].startswith(
         "null control blood_group=O: FAILED, significant in 1 region(s) (lung;"
     )
     assert "q=0.03" in lines[1]
+    assert lines[2].startswith(
+        "permuted-label controls (1): FAILED, significant in 1 region(s) "
+        "(permuted-1:blood_group lung;"
+    )
     res["verdict"]["recovery"]["checked"][0]["ok"] = False
-    assert verdict_lines(res)[2].endswith("; missed: smoking=current in upper_lung")
+    res["verdict"]["recovery"]["checked"].append(
+        {
+            "contrast": EDIT,
+            "region": "lower_lung",
+            "planted_hu": 0.0,
+            "recovered_hu": -7.0,
+            "check": "nothing planted",
+            "ok": False,
+        }
+    )
+    res["verdict"]["recovery"]["spill_limit_hu"] = 5.0
+    assert verdict_lines(res)[-1] == (
+        "planted effects recovered in 0/1 planted region(s) (right sign, within 30%, "
+        "significant); 0/1 zone(s) where nothing was planted within 5 HU; missed: "
+        "smoking=current in upper_lung, smoking=current in lower_lung"
+    )
+    res["calibration"] = {"available": False, "n_rows": 2}
+    assert "calibration unavailable (2 null-control row(s))" in verdict_lines(res)[3]
 
 
 def test_fmt_hu_and_edit_field():
@@ -347,20 +454,36 @@ def test_write_report_is_self_contained_and_complete(tmp_path):
     out = write_report(run_root)
     assert out == run_root / "report.html"
     page = out.read_text(encoding="utf-8")
-    assert "smoking=current: upper_lung -58 HU [-64, -52], q&lt;0.001 (planted -60 HU" in page
+    assert (
+        "smoking=current: upper_lung -58 HU [-64, -52], calibrated q&lt;0.001 (planted -60 HU"
+        in page
+    )
     assert "null control blood_group=O: nothing significant after FDR (passed)" in page
     assert "<th>mean HU [95% CI]</th>" in page and "<td>upper_lung</td>" in page
-    assert "Planted against recovered" in page and "Observed in the real cohort: smoking" in page
+    assert "<th>calibrated q</th>" in page and "<th>MDE HU</th>" in page
+    assert "Planted against recovered" in page
+    assert "Counterfactual, observed and adjusted association: smoking" in page
+    # one table: counterfactual, raw and adjusted side by side for each region
+    row = re.search(r"<tr><td>upper_lung</td><td>-58 HU \[-64, -52\]</td>(.*?)</tr>", page)
+    assert row and row.group(1) == "<td>-55 HU [-70, -40]</td><td>-61 HU [-67, -55]</td>"
+    assert "smoking[current] &minus; smoking[never] (reference)" in page
+    assert "<h2>Noise floor</h2>" in page and "<th>seed-to-seed SD HU</th>" in page
+    assert "<td>3.96</td>" in page  # the MDE
+    assert "<h2>Empirical calibration</h2>" in page and "&mu; = 0.25 HU" in page
+    assert "Largest in <b>upper_lung</b>" in page and "spill 2% of the peak" in page
+    assert "permuted-label controls</dt><dd>1</dd>" in page
+    assert "drawn per subject and seed" in page
     assert "last.pt" in page and "diffusion, fusion affine" in page
-    assert "-1000 to 500 HU" in page and "Benjamini" in page
+    assert "-1000 to 500 HU" in page and "Benjamini" in page and "Schuemie" in page
     assert "2000 bootstrap resamples (BCa over subjects)" in page
     assert "Cautions from the analysis" in page and "cannot reach p &lt; 0.05" in page
     assert "difference of group means, bootstrap over subjects" in page
     _no_external_refs(page)
     pngs = _data_parts(page, "image/png")
     gifs = _data_parts(page, "image/gif")
-    # 2 bar charts + recovery plot + 2 edits x 2 subjects x (axial, coronal).
-    assert len(pngs) == 2 + 1 + 8
+    # 3 bar charts (edit, null edit, permuted control) + recovery plot + 2 edits x 2
+    # subjects x (axial, coronal); no slices for the permuted control.
+    assert len(pngs) == 3 + 1 + 8
     assert len(gifs) == 4
     for data in pngs:
         assert Image.open(io.BytesIO(data)).format == "PNG"
@@ -390,7 +513,8 @@ def test_tables_fall_back_to_csv(tmp_path):
     run_root = tmp_path / "run"
     make_run(run_root, json_tables=False)
     res = load_results(run_root)
-    assert len(res["cohort_stats"]) == 5 and res["cohort_stats"][0]["significant"] == "True"
+    assert len(res["cohort_stats"]) == 7 and res["cohort_stats"][0]["significant"] == "True"
+    assert res["adjusted"] and res["noise_floor"] and res["specificity"]
     assert verdict_lines(res) == verdict_lines(_results())
     page = write_report(run_root, out_path=tmp_path / "r.html", subjects_shown=0).read_text()
     assert "upper_lung -58 HU [-64, -52]" in page

@@ -1,28 +1,49 @@
 """``unveil analyze RUN``: what each edit changes, in HU, per region, against chance.
 
 Reads a counterfactual run (:mod:`unveil.analysis.layout`) and its cohort, and writes
-``RUN/analysis/``:
+``RUN/analysis/``.  The statistics are explained in ``docs/statistics.md``; in short:
+
+- the **subject is the unit**: a subject's effect in a region is the mean over its seeds
+  of the regional mean of (edited - factual), and the test is those effects against
+  zero across subjects (signed-rank or t), with a BCa bootstrap CI of the mean;
+- the **noise floor** (floor - factual: same prompt, another seed) is reported, with the
+  minimum detectable effect it implies, but it is not the comparator;
+- **negative controls** (null edits, edits of an attribute ``effects.json`` declares
+  effect-free, and ``permuted_controls``) calibrate: their estimates fit the model's
+  systematic-error distribution N(mu, tau^2) (Schuemie et al., Stat Med 2014), and every
+  real edit gets a calibrated p beside its raw p; ``significant`` uses the calibrated
+  q-value when at least :data:`MIN_CALIBRATION_ROWS` control rows exist;
+- **specificity**: each contrast's peak region and its spill outside it;
+- beside the counterfactual, the **raw** and the **adjusted** association in the real
+  cohort (OLS on every attribute of the table, HC3 covariance).
+
+Files:
 
 ``subject_regions.csv``
-    one row per subject, contrast (an edit, or ``noise_floor``), seed and region: the
-    voxel mean of (edited - factual), or (floor - factual), inside the region, in HU.
+    one row per subject, contrast (an edit, a control, or ``noise_floor``), seed and
+    region: the voxel mean of (edited - factual), or (floor - factual), in HU.
 ``cohort_stats.csv``
-    per edit and region, over subjects (the unit of replication; each subject's value is
-    the mean over its seeds): mean difference with a bootstrap CI, the noise floor's mean
-    and SD, Cohen's d_z and a paired test of effect against floor, Benjamini-Hochberg
-    q-values over *all* (edit, region) rows including the null edits, ``significant =
-    q < alpha``.
+    per contrast and region, over subjects: mean effect with a BCa CI, SD, SE, d_z, the
+    test against zero (raw p and q), the calibrated p and q, ``significant``, the control
+    kind, and the region's noise floor (mean, SD across subjects, seed-to-seed SD, minimum
+    detectable effect).
+``noise_floor.csv``
+    the noise floor per region (the same numbers as in cohort_stats).
+``specificity.csv``
+    per contrast: peak region, spill outside it in the lung, spill fraction, airway.
 ``observed.csv``
-    the association in the real cohort for each edited attribute: regional mean HU of the
-    real scans, target group vs the rest (category), or a least-squares slope scaled to the
-    edit (number).  It may be confounded (age and smoking travel together); the
-    counterfactual should isolate one attribute.
+    the raw association in the real cohort: regional mean HU of the real scans, target
+    group vs the run's baseline value (or the rest, without a baseline) for a category, a
+    least-squares slope scaled to the edit for a number.  It may be confounded.
+``adjusted.csv``
+    the association adjusted for every other attribute of the clinical table.
 ``recovery.csv``
     only when the cohort has ``effects.json``: planted vs recovered shift per edit and
-    region.
+    region, with the tolerance checks.
 ``results.json``
-    all of the above plus the run description, a verdict and the settings.
-``maps/<id>/<edit>_mean_diff.nii.gz|.png``
+    all of the above plus the run description, the calibration, a verdict and the
+    settings.
+``maps/<id>/<contrast>_mean_diff.nii.gz|.png``
     mean over seeds of (edited - factual) in HU on the source grid, and a PNG of its
     mid-lung slices; ``maps/<id>/noise_floor_mean_diff.*`` is the same for (floor -
     factual), the picture of chance on the same colour scale.
@@ -46,11 +67,20 @@ import numpy as np
 
 from unveil.analysis.layout import RUN_JSON, RunLayout, read_run
 from unveil.analysis.stats import (
+    MISSING_LEVEL,
     benjamini_hochberg,
     bootstrap_ci,
+    calibrated_p,
+    design_matrix,
     effect_size_dz,
-    paired_test,
+    fit_systematic_error,
+    level_name,
+    minimum_detectable_effect,
+    ols_hc3_contrasts,
+    one_sample_test,
     slope_with_ci,
+    specificity,
+    standard_error,
     two_group_difference,
 )
 from unveil.errors import UnveilError
@@ -59,6 +89,27 @@ log = logging.getLogger(__name__)
 
 #: Contrast name of the noise floor (floor - factual) in subject_regions.csv.
 NOISE_FLOOR = "noise_floor"
+
+#: Kinds of negative control (``control_kind`` column); real edits have ``""``.
+CONTROL_KINDS: tuple[str, ...] = ("null_edit", "effect_free", "permuted")
+
+#: Fewest (control, region) rows for the empirical calibration to be fitted.
+MIN_CALIBRATION_ROWS = 3
+
+#: Power the minimum detectable effect is computed for.
+MDE_POWER = 0.8
+
+#: Lung partitions among which the peak of an effect is sought (with any ``&``
+#: intersection of them that is in the region list, e.g. a planted region).
+PEAK_REGIONS: tuple[str, ...] = (
+    "upper_lung",
+    "middle_lung",
+    "lower_lung",
+    "lung_core",
+    "lung_periphery",
+)
+#: The lung zones checked for spill where nothing was planted.
+ZONES: tuple[str, ...] = ("upper_lung", "middle_lung", "lower_lung")
 
 #: Column orders of the CSV outputs.
 SUBJECT_COLUMNS = ("id", "contrast", "seed", "region", "n_voxels", "mean_diff_hu")
@@ -69,16 +120,48 @@ COHORT_COLUMNS = (
     "mean_diff_hu",
     "ci_low",
     "ci_high",
-    "floor_mean_hu",
-    "floor_sd_hu",
+    "sd_hu",
+    "se_hu",
     "effect_size_dz",
     "statistic",
     "p_value",
     "q_value",
+    "p_calibrated",
+    "q_calibrated",
     "significant",
     "test",
     "null_control",
+    "control_kind",
+    "floor_mean_hu",
+    "floor_sd_hu",
+    "seed_sd_hu",
+    "mde_hu",
     "n_seeds",
+)
+NOISE_FLOOR_COLUMNS = (
+    "region",
+    "n_subjects",
+    "n_seeds",
+    "floor_mean_hu",
+    "floor_sd_hu",
+    "seed_sd_hu",
+    "mde_hu",
+)
+SPECIFICITY_COLUMNS = (
+    "contrast",
+    "null_control",
+    "peak_region",
+    "peak_hu",
+    "peak_ci_low",
+    "peak_ci_high",
+    "spill_hu",
+    "spill_ci_low",
+    "spill_ci_high",
+    "spill_fraction",
+    "airway_hu",
+    "airway_ci_low",
+    "airway_ci_high",
+    "n_subjects",
 )
 OBSERVED_COLUMNS = (
     "attribute",
@@ -95,6 +178,22 @@ OBSERVED_COLUMNS = (
     "contrast",
     "method",
 )
+ADJUSTED_COLUMNS = (
+    "contrast",
+    "attribute",
+    "region",
+    "term_a",
+    "term_b",
+    "scale",
+    "n_subjects",
+    "n_parameters",
+    "diff_hu",
+    "se_hu",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "method",
+)
 RECOVERY_COLUMNS = (
     "contrast",
     "region",
@@ -105,12 +204,17 @@ RECOVERY_COLUMNS = (
     "error_hu",
     "relative_error",
     "sign_ok",
+    "within_tolerance",
     "within_30pct",
     "null_control",
 )
 
-#: Relative error allowed for a recovery to count as "within 30%".
+#: Default relative error allowed for a planted shift to count as recovered.
 RECOVERY_TOLERANCE = 0.30
+#: Default largest |shift| (HU) allowed in a lung zone where nothing was planted.
+SPILL_LIMIT_HU = 5.0
+#: Below this size (HU) a planted shift counts as nothing planted.
+PLANTED_EPS_HU = 1e-6
 
 
 # ------------------------------------------------------------------------------ edits
@@ -536,14 +640,24 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def _contains_zero(lo: float, hi: float) -> bool:
-    return bool(math.isfinite(lo) and math.isfinite(hi) and lo <= 0.0 <= hi)
-
-
 def _rng(seed: int, *key: int) -> np.random.Generator:
     # One independent stream per output row, so a row's interval does not depend on how
     # many rows came before it (adding a region leaves the others' intervals unchanged).
     return np.random.default_rng(np.random.SeedSequence([int(seed), *key]))
+
+
+def _peak_candidates(regions: Sequence[str]) -> list[str]:
+    """The regions of :data:`PEAK_REGIONS`, and ``&`` intersections of lung parts, present."""
+    from unveil.data.regions import REGIONS
+
+    lung_parts = {r for r in REGIONS if r not in ("lung", "airway")}
+    out = [r for r in regions if r in PEAK_REGIONS]
+    out += [
+        r
+        for r in regions
+        if "&" in r and all(p.strip() in lung_parts for p in r.split("&")) and r not in out
+    ]
+    return out
 
 
 def analyze_run(
@@ -555,22 +669,29 @@ def analyze_run(
     map_limit_hu: float = 100.0,
     progress: bool = True,
     min_effect_hu: float = 0.0,
+    recovery_tolerance: float = RECOVERY_TOLERANCE,
+    spill_limit_hu: float = SPILL_LIMIT_HU,
 ) -> dict[str, Any]:
     """Analyse a counterfactual run and write ``RUN/analysis/`` (see the module doc).
 
     Args:
         root: the run folder written by ``unveil counterfactual``.
         n_boot: bootstrap resamples per interval.
-        alpha: false-discovery rate for ``significant`` (BH over all edit x region rows).
+        alpha: false-discovery rate for ``significant`` (Benjamini-Hochberg, over the
+            real-edit rows and, separately, over the negative-control rows).
         seed: seed of the bootstrap streams (results are reproducible for a given seed).
-        test: paired test, ``"wilcoxon"`` (signed-rank, default) or ``"t"``; see
-            :func:`unveil.analysis.stats.paired_test`.
+        test: test of per-subject effects against zero, ``"wilcoxon"`` (signed-rank,
+            default) or ``"t"``; see :func:`unveil.analysis.stats.one_sample_test`.
         map_limit_hu: the PNG colour scale is ``[-map_limit_hu, +map_limit_hu]`` HU for
             every subject and edit, so maps compare by eye.
         progress: show a progress bar over subjects.
-        min_effect_hu: minimum effect of interest; a region is significant only when its
-            shift beyond the noise floor exceeds this many HU (0: any shift; see
-            :func:`unveil.analysis.stats.paired_test`).
+        min_effect_hu: minimum effect of interest; a real edit's region is significant only
+            when its shift exceeds this many HU (in the raw test against zero and, beyond
+            the controls' systematic error, in the calibrated one).  Not applied to the
+            negative controls, which must show nothing at all.
+        recovery_tolerance: relative error allowed for a planted shift to count as
+            recovered (0.30: within 30%).
+        spill_limit_hu: largest |shift| allowed in a lung zone where nothing was planted.
 
     Returns:
         The ``results.json`` content (NaN written as None).
@@ -592,6 +713,14 @@ def analyze_run(
         )
     if test not in ("wilcoxon", "t"):
         raise UnveilError(f"--test {test} is unknown; use wilcoxon or t.")
+    if not min_effect_hu >= 0.0:
+        raise UnveilError(f"--min-effect {min_effect_hu} is negative; give 0 or more HU.")
+    if not recovery_tolerance > 0.0:
+        raise UnveilError(
+            f"--tolerance {recovery_tolerance} is not a positive fraction; give e.g. 0.3."
+        )
+    if not spill_limit_hu >= 0.0:
+        raise UnveilError(f"--spill-limit {spill_limit_hu} is negative; give 0 or more HU.")
     root = Path(root)
     layout = RunLayout(root)
     run = read_run(root)
@@ -604,15 +733,28 @@ def analyze_run(
     template = _template_from_run(run)
     edits = [str(e) for e in run["edits"]]
     null_edits = [str(e) for e in run["null_edits"]]
-    all_edits = edits + [e for e in null_edits if e not in edits]
-    parsed = {e: parse_run_edit(e, template) for e in all_edits}
+    parseable = edits + [e for e in null_edits if e not in edits]
+    permuted = [str(e) for e in run.get("permuted_controls") or [] if str(e) not in parseable]
+    contrasts = parseable + permuted
+    parsed = {e: parse_run_edit(e, template) for e in parseable}
     # Baseline edits were applied to every subject's row before both the factual and the
     # edited prompts were rendered, so the planted expectation starts from them too.
     baseline = [parse_run_edit(str(b), template) for b in run.get("baseline") or []]
-    # Negative controls: the run's null edits, and any edit of an attribute the cohort's
-    # effects.json declares effect-free (it is a null edit whatever the run called it).
+    # Negative controls: the run's null edits, any edit of an attribute the cohort's
+    # effects.json declares effect-free (it is a null edit whatever the run called it),
+    # and the permuted-label contrasts (null by construction).
     null_attrs = set(eff_info[1]) if eff_info else set()
-    controls = [e for e in all_edits if e in null_edits or parsed[e].column in null_attrs]
+    kinds: dict[str, str] = {}
+    for e in contrasts:
+        if e in permuted:
+            kinds[e] = "permuted"
+        elif e in null_edits:
+            kinds[e] = "null_edit"
+        elif parsed[e].column in null_attrs:
+            kinds[e] = "effect_free"
+        else:
+            kinds[e] = ""
+    controls = [e for e in contrasts if kinds[e]]
     seeds = [int(k) for k in run["seeds"]]
     subjects = [str(s) for s in run["subjects"]]
     absent = [s for s in subjects if s not in cohort.ids]
@@ -625,10 +767,11 @@ def analyze_run(
     truth = _truth_rows(cohort_root, data_cfg.id_column, clinical) if effects else {}
     hu_lo, hu_hi = (float(v) for v in run.get("hu_window") or (-1000.0, 500.0))
 
-    n_s, n_r, n_e = len(subjects), len(regions), len(all_edits)
+    n_s, n_r, n_e, n_k = len(subjects), len(regions), len(contrasts), len(seeds)
     edit_vals = np.full((n_e, n_s, n_r), math.nan)  # per subject, mean over seeds
-    floor_vals = np.full((n_s, n_r), math.nan)
+    floor_seed = np.full((n_s, n_k, n_r), math.nan)  # per subject and seed
     planted = np.full((n_e, n_s, n_r), math.nan)
+    n_voxels = np.zeros((n_s, n_r))
     real_means: dict[str, np.ndarray] = {}
     saturated: list[float] = []
     subject_rows: list[dict[str, Any]] = []
@@ -641,14 +784,14 @@ def analyze_run(
             image, mask = cohort.load(sid)
             idx = _region_indices(mask.array, mask.affine, data_cfg, regions)
             nvox = {r: int(i.size) for r, i in idx.items()}
+            n_voxels[si] = [nvox[r] for r in regions]
             real_means[sid] = np.array(list(_region_means(image.array.ravel(), idx).values()))
             del image
             shape = mask.shape
             # float32 running sums: a few seeds of HU differences need no more precision, and
-            # one full-grid array per edit is the analysis' largest memory cost.
-            sums = {e: np.zeros(shape, dtype=np.float32) for e in [NOISE_FLOOR, *all_edits]}
-            per_seed_floor = np.zeros((len(seeds), n_r))
-            per_seed_edit = np.zeros((n_e, len(seeds), n_r))
+            # one full-grid array per contrast is the analysis' largest memory cost.
+            sums = {e: np.zeros(shape, dtype=np.float32) for e in [NOISE_FLOOR, *contrasts]}
+            per_seed_edit = np.zeros((n_e, n_k, n_r))
             lung = idx["lung"]
             for kk, k in enumerate(seeds):
                 fac = _read_generated(layout.factual(sid, k), shape)
@@ -658,7 +801,7 @@ def analyze_run(
                 diff = _read_generated(layout.floor(sid, k), shape) - fac
                 sums[NOISE_FLOOR] += diff
                 means = _region_means(diff.ravel(), idx)
-                per_seed_floor[kk] = list(means.values())
+                floor_seed[si, kk] = list(means.values())
                 subject_rows += [
                     dict(
                         id=sid,
@@ -670,7 +813,7 @@ def analyze_run(
                     )
                     for r, m in means.items()
                 ]
-                for ei, e in enumerate(all_edits):
+                for ei, e in enumerate(contrasts):
                     diff = _read_generated(layout.edited(sid, e, k), shape) - fac
                     sums[e] += diff
                     means = _region_means(diff.ravel(), idx)
@@ -679,14 +822,13 @@ def analyze_run(
                         dict(id=sid, contrast=e, seed=k, region=r, n_voxels=nvox[r], mean_diff_hu=m)
                         for r, m in means.items()
                     ]
-            floor_vals[si] = per_seed_floor.mean(axis=0)
             edit_vals[:, si] = per_seed_edit.mean(axis=1)
             lung_mask = np.zeros(shape, dtype=bool)
             lung_mask.ravel()[lung] = True
             # The noise floor gets a map too, on the same colour scale: what a change of seed
             # alone looks like is the reference a reader needs beside each edit's map.
-            for e in [*all_edits, NOISE_FLOOR]:
-                mean_map = (sums[e] / len(seeds)).astype(np.float32)
+            for e in [*contrasts, NOISE_FLOOR]:
+                mean_map = (sums[e] / n_k).astype(np.float32)
                 rel = layout.map_nifti(sid, e).relative_to(layout.analysis_dir)
                 write_volume(Volume(mean_map, mask.affine), out / rel)
                 save_map_png(
@@ -694,7 +836,7 @@ def analyze_run(
                     lung_mask,
                     mask.affine,
                     out / layout.map_png(sid, e).relative_to(layout.analysis_dir),
-                    f"{sid}: {e} (mean of {len(seeds)} seed(s))",
+                    f"{sid}: {e} (mean of {n_k} seed(s))",
                     map_limit_hu,
                     "HU (floor - factual, mean over seeds)"
                     if e == NOISE_FLOOR
@@ -705,13 +847,14 @@ def analyze_run(
                 start = dict(truth[sid])
                 for b in baseline:
                     start = b.apply(start)
-                for ei, e in enumerate(all_edits):
+                for ei, e in enumerate(parseable):
                     if parsed[e].op != "unset":
                         exp = expected_shift_means(effects, parsed[e], start, idx)
                         planted[ei, si] = list(exp.values())
 
-        # The observed association uses every complete subject of the real cohort, not only
-        # the run's: it is a property of the cohort, and more subjects narrow its interval.
+        # The observed and adjusted associations use every complete subject of the real
+        # cohort, not only the run's: they are properties of the cohort, and more subjects
+        # narrow their intervals.
         others = [s for s in cohort.ids if s not in real_means]
         for sid in tqdm(
             others, desc="observed", unit="subject", disable=not progress or not others
@@ -720,28 +863,42 @@ def analyze_run(
             idx = _region_indices(mask.array, mask.affine, data_cfg, regions)
             real_means[sid] = np.array(list(_region_means(image.array.ravel(), idx).values()))
 
+        floor_rows = noise_floor_rows(regions, floor_seed, alpha)
         cohort_rows = _cohort_stats(
-            all_edits,
-            controls,
-            regions,
-            edit_vals,
-            floor_vals,
-            n_boot,
-            seed,
-            test,
-            len(seeds),
-            min_effect_hu,
+            contrasts, kinds, regions, edit_vals, n_boot, seed, test, n_k, min_effect_hu
         )
-        q = benjamini_hochberg([r["p_value"] for r in cohort_rows])
-        for r, qv in zip(cohort_rows, q, strict=True):
-            r["q_value"] = float(qv)
-            r["significant"] = bool(math.isfinite(qv) and qv < alpha)
+        by_region = {f["region"]: f for f in floor_rows}
+        for r in cohort_rows:
+            f = by_region[r["region"]]
+            r.update({k: f[k] for k in ("floor_mean_hu", "floor_sd_hu", "seed_sd_hu", "mde_hu")})
+        calibration = calibrate_rows(cohort_rows, alpha, min_effect_hu)
+        if not calibration["available"]:
+            notes.append(
+                f"calibration unavailable: {calibration['n_rows']} negative-control row(s), at "
+                f"least {MIN_CALIBRATION_ROWS} are needed (add null edits or permuted "
+                "controls); real edits are judged on the raw test against zero, which "
+                "ignores the model's systematic error."
+            )
+        candidates = _peak_candidates(regions)
+        spec_rows = _specificity(
+            contrasts, kinds, regions, candidates, edit_vals, n_voxels, n_boot, seed, cohort_rows
+        )
         observed_rows = _observed(
-            all_edits, parsed, regions, real_means, clinical, n_boot, seed, notes
+            parseable, parsed, regions, real_means, clinical, n_boot, seed, notes, baseline
+        )
+        columns = list(dict.fromkeys(c for row in clinical.values() for c in row))
+        adjusted_rows = adjusted_association(
+            {s: clinical.get(s, {}) for s in real_means},
+            real_means,
+            regions,
+            [parsed[e] for e in parseable],
+            baseline,
+            notes,
+            columns=columns,
         )
         recovery_rows = (
             _recovery(
-                all_edits,
+                parseable,
                 controls,
                 parsed,
                 regions,
@@ -750,6 +907,8 @@ def analyze_run(
                 cohort_rows,
                 n_boot,
                 seed,
+                recovery_tolerance,
+                spill_limit_hu,
             )
             if effects
             else []
@@ -769,10 +928,30 @@ def analyze_run(
             )
         if not controls:
             notes.append("the run has no null edit, so there is no negative control.")
+        if run.get("noise") != "per-subject":
+            notes.append(
+                "the run record does not say 'noise': 'per-subject': older runs drew the noise "
+                "of seed k once and shared it across subjects, so floor pairs (and effects) of "
+                "different subjects are not independent, and the tests over subjects are "
+                "optimistic; re-run unveil counterfactual for independent noise per subject."
+            )
 
         verdict = _verdict(
-            all_edits, controls, parsed, cohort_rows, recovery_rows, effects, alpha, test, notes
+            contrasts,
+            kinds,
+            parsed,
+            cohort_rows,
+            spec_rows,
+            recovery_rows,
+            effects,
+            alpha,
+            test,
+            notes,
+            calibration,
+            recovery_tolerance,
+            spill_limit_hu,
         )
+        n_real = sum(1 for r in cohort_rows if not r["null_control"])
         results = _clean(
             {
                 "run": {k: v for k, v in run.items() if k != "config"},
@@ -782,16 +961,33 @@ def analyze_run(
                     "seed": seed,
                     "test": test,
                     "min_effect_hu": min_effect_hu,
+                    "recovery_tolerance": recovery_tolerance,
+                    "spill_limit_hu": spill_limit_hu,
+                    "comparator": "zero (per-subject effects, edited - factual, mean over seeds)",
                     "bootstrap": "BCa over subjects (percentile where BCa is undefined)",
-                    "fdr": f"Benjamini-Hochberg over all {len(cohort_rows)} (edit, region) rows",
+                    "fdr": (
+                        f"Benjamini-Hochberg over the {n_real} real-edit (edit, region) rows "
+                        f"(raw and calibrated p separately) and over the "
+                        f"{len(cohort_rows) - n_real} negative-control rows"
+                    ),
+                    "mde": (
+                        f"(z_(1-alpha/2) + z_{MDE_POWER:g}) * SD across subjects of the "
+                        "per-subject noise floor / sqrt(n), two-sided alpha, normal approximation"
+                    ),
                     "unit": "subject (regional voxel mean, averaged over seeds)",
                     "regions": regions,
                     "regions_rule": REGIONS_RULE,
+                    "peak_regions": candidates,
                     "null_controls": controls,
+                    "control_kinds": {e: kinds[e] for e in controls},
                     "map_limit_hu": map_limit_hu,
                 },
                 "cohort_stats": cohort_rows,
+                "noise_floor": floor_rows,
+                "calibration": calibration,
+                "specificity": spec_rows,
                 "observed": observed_rows,
+                "adjusted": adjusted_rows,
                 "recovery": recovery_rows,
                 "verdict": verdict,
                 "alpha": alpha,
@@ -799,36 +995,91 @@ def analyze_run(
         )
         write_text(out / "subject_regions.csv", _csv_text(subject_rows, SUBJECT_COLUMNS))
         write_text(out / "cohort_stats.csv", _csv_text(cohort_rows, COHORT_COLUMNS))
+        write_text(out / "noise_floor.csv", _csv_text(floor_rows, NOISE_FLOOR_COLUMNS))
+        write_text(out / "specificity.csv", _csv_text(spec_rows, SPECIFICITY_COLUMNS))
         write_text(out / "observed.csv", _csv_text(observed_rows, OBSERVED_COLUMNS))
+        write_text(out / "adjusted.csv", _csv_text(adjusted_rows, ADJUSTED_COLUMNS))
         write_text(out / "recovery.csv", _csv_text(recovery_rows, RECOVERY_COLUMNS))
         write_json(out / "results.json", results)
     return results
 
 
+def noise_floor_rows(
+    regions: Sequence[str], floor_seed: np.ndarray, alpha: float = 0.05
+) -> list[dict[str, Any]]:
+    """The noise floor per region: what a change of seed alone produces, and what it hides.
+
+    Args:
+        regions: region names, length ``R``.
+        floor_seed: ``(N, K, R)`` regional means of (floor - factual) per subject and seed.
+        alpha: two-sided level of the minimum detectable effect.
+
+    Returns:
+        One row per region with subjects: ``floor_mean_hu`` and ``floor_sd_hu`` (mean and SD
+        across subjects of the per-subject floor, the mean over seeds); ``seed_sd_hu``, the
+        seed-to-seed SD of one generated volume's regional mean (the SD of (floor - factual)
+        over all subject-seed pairs divided by sqrt(2), as each pair is two generations);
+        ``mde_hu``, the smallest mean effect detectable with 80% power at two-sided
+        ``alpha`` (:func:`unveil.analysis.stats.minimum_detectable_effect` on
+        ``floor_sd_hu``).
+    """
+    fs = np.asarray(floor_seed, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        counts = np.isfinite(fs).sum(axis=1)
+        per_subject = np.where(counts > 0, np.nansum(fs, axis=1) / np.maximum(counts, 1), np.nan)
+    rows = []
+    for ri, r in enumerate(regions):
+        v = per_subject[:, ri]
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            continue
+        pairs = fs[:, :, ri]
+        pairs = pairs[np.isfinite(pairs)]
+        sd = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        rows.append(
+            {
+                "region": r,
+                "n_subjects": int(v.size),
+                "n_seeds": int(fs.shape[1]),
+                "floor_mean_hu": float(v.mean()),
+                "floor_sd_hu": sd,
+                "seed_sd_hu": float(pairs.std(ddof=1) / math.sqrt(2.0))
+                if pairs.size > 1
+                else math.nan,
+                "mde_hu": minimum_detectable_effect(sd, int(v.size), alpha, MDE_POWER),
+            }
+        )
+    return rows
+
+
 def _cohort_stats(
-    all_edits: Sequence[str],
-    null_edits: Sequence[str],
+    contrasts: Sequence[str],
+    kinds: Mapping[str, str],
     regions: Sequence[str],
     edit_vals: np.ndarray,
-    floor_vals: np.ndarray,
     n_boot: int,
     seed: int,
     test: str,
     n_seeds: int,
     min_effect_hu: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """One row per (edit, region) with subjects; p-values filled, q-values left to the caller."""
+    """One row per (contrast, region) with subjects: the test of the effects against zero.
+
+    q-values, calibrated p-values and ``significant`` are left to :func:`calibrate_rows`;
+    the noise-floor columns to the caller.  The margin applies to real edits only: a
+    negative control must show nothing, not merely nothing beyond the margin.
+    """
     rows = []
-    for ei, e in enumerate(all_edits):
+    for ei, e in enumerate(contrasts):
+        control = bool(kinds.get(e))
         for ri, r in enumerate(regions):
-            ev, fv = edit_vals[ei, :, ri], floor_vals[:, ri]
-            keep = np.isfinite(ev) & np.isfinite(fv)
-            n = int(keep.sum())
+            ev = edit_vals[ei, :, ri]
+            ev = ev[np.isfinite(ev)]
+            n = int(ev.size)
             if n == 0:
                 continue  # region absent in every subject (e.g. no airway label)
-            ev, fv = ev[keep], fv[keep]
             lo, hi = bootstrap_ci(ev, _rng(seed, 0, ei, ri), n_boot)
-            stat, p, name = paired_test(ev, fv, test=test, margin=min_effect_hu)
+            stat, p, name = one_sample_test(ev, test=test, margin=0.0 if control else min_effect_hu)
             rows.append(
                 {
                     "contrast": e,
@@ -837,19 +1088,170 @@ def _cohort_stats(
                     "mean_diff_hu": float(ev.mean()),
                     "ci_low": lo,
                     "ci_high": hi,
-                    "floor_mean_hu": float(fv.mean()),
-                    "floor_sd_hu": float(fv.std(ddof=1)) if n > 1 else math.nan,
-                    "effect_size_dz": effect_size_dz(ev, fv),
+                    "sd_hu": float(ev.std(ddof=1)) if n > 1 else math.nan,
+                    "se_hu": standard_error(ev),
+                    "effect_size_dz": effect_size_dz(ev),
                     "statistic": stat,
                     "p_value": p,
                     "q_value": math.nan,
+                    "p_calibrated": math.nan,
+                    "q_calibrated": math.nan,
                     "significant": False,
                     "test": name,
-                    "null_control": e in null_edits,
+                    "null_control": control,
+                    "control_kind": kinds.get(e, ""),
+                    "floor_mean_hu": math.nan,
+                    "floor_sd_hu": math.nan,
+                    "seed_sd_hu": math.nan,
+                    "mde_hu": math.nan,
                     "n_seeds": n_seeds,
                 }
             )
     return rows
+
+
+def _df(row: Mapping[str, Any]) -> float | None:
+    """Degrees of freedom of a row's mean (``n_subjects - 1``), None when unknown."""
+    n = row.get("n_subjects")
+    return float(n) - 1.0 if isinstance(n, int | float) and n >= 2 else None
+
+
+def calibrate_rows(
+    rows: Sequence[dict[str, Any]],
+    alpha: float = 0.05,
+    margin: float = 0.0,
+    min_rows: int = MIN_CALIBRATION_ROWS,
+) -> dict[str, Any]:
+    """Empirical calibration of the cohort rows against the negative controls (in place).
+
+    The null-control rows (``null_control`` true) give estimates ``mean_diff_hu`` with
+    standard errors ``se_hu``; :func:`unveil.analysis.stats.fit_systematic_error` fits
+    the model's systematic error N(mu, tau^2) to them, and each real-edit row gets
+    ``p_calibrated`` (:func:`unveil.analysis.stats.calibrated_p`, with the margin, and
+    Student's t on ``n_subjects - 1`` degrees of freedom when the row has ``n_subjects``)
+    and ``q_calibrated`` (BH over the real-edit rows).  ``q_value`` is BH of the raw p within
+    each family (real edits; controls).
+
+    ``significant``: for a real edit, ``q_calibrated < alpha`` when at least ``min_rows``
+    control rows exist, else ``q_value < alpha``.  For a control, ``q_value < alpha``
+    always: judging a control against a null fitted on itself would be circular.  A
+    control's ``p_calibrated`` is leave-one-out (fitted on the other control rows), for
+    display; its ``q_calibrated`` is BH of those within the controls.
+
+    Returns:
+        The ``calibration`` record: ``available``, ``mu_hu``, ``tau_hu``, ``n_rows``,
+        ``n_controls`` (contrasts), ``controls``, ``min_rows``, ``method``, ``reference``.
+    """
+    real = [r for r in rows if not r["null_control"]]
+    ctrl = [r for r in rows if r["null_control"]]
+    for r in rows:
+        r["p_calibrated"] = r["q_calibrated"] = math.nan
+    for family in (real, ctrl):
+        q = benjamini_hochberg([r["p_value"] for r in family])
+        for r, qv in zip(family, q, strict=True):
+            r["q_value"] = float(qv)
+    usable = [r for r in ctrl if math.isfinite(r["mean_diff_hu"]) and math.isfinite(r["se_hu"])]
+    est = np.array([r["mean_diff_hu"] for r in usable])
+    se = np.array([r["se_hu"] for r in usable])
+    available = len(usable) >= min_rows
+    mu, tau = fit_systematic_error(est, se) if available else (math.nan, math.nan)
+    for r in real:
+        r["p_calibrated"] = (
+            calibrated_p(r["mean_diff_hu"], r["se_hu"], mu, tau, margin, _df(r))
+            if available
+            else math.nan
+        )
+    qc = benjamini_hochberg([r["p_calibrated"] for r in real])
+    for r, qv in zip(real, qc, strict=True):
+        r["q_calibrated"] = float(qv)
+        q = r["q_calibrated"] if available else r["q_value"]
+        r["significant"] = bool(math.isfinite(q) and q < alpha)
+    for i, r in enumerate(usable):
+        others = np.arange(len(usable)) != i
+        if int(others.sum()) >= min_rows:
+            m_i, t_i = fit_systematic_error(est[others], se[others])
+            r["p_calibrated"] = calibrated_p(r["mean_diff_hu"], r["se_hu"], m_i, t_i, df=_df(r))
+    qc = benjamini_hochberg([r["p_calibrated"] for r in ctrl])
+    for r, qv in zip(ctrl, qc, strict=True):
+        r["q_calibrated"] = float(qv)
+        r["significant"] = bool(math.isfinite(r["q_value"]) and r["q_value"] < alpha)
+    names = list(dict.fromkeys(r["contrast"] for r in usable))
+    return {
+        "available": bool(available),
+        "mu_hu": mu,
+        "tau_hu": tau,
+        "n_rows": len(usable),
+        "n_controls": len(names),
+        "controls": names,
+        "min_rows": int(min_rows),
+        "margin_hu": float(margin),
+        "method": (
+            "maximum-likelihood fit of N(mu, tau^2) to the negative-control estimates, each "
+            "with its own standard error (estimate_i ~ N(mu, tau^2 + se_i^2)); calibrated "
+            "p = 2 T_(n-1)(-max(|est - mu| - margin, 0) / sqrt(tau^2 + se^2)), Student's t "
+            "on the row's n - 1 degrees of freedom in place of the normal (small samples)"
+        ),
+        "reference": (
+            "Schuemie MJ, Ryan PB, DuMouchel W, Suchard MA, Madigan D. Interpreting "
+            "observational studies: why empirical calibration is needed to correct p-values. "
+            "Stat Med 2014;33(2):209-218."
+        ),
+    }
+
+
+def _specificity(
+    contrasts: Sequence[str],
+    kinds: Mapping[str, str],
+    regions: Sequence[str],
+    candidates: Sequence[str],
+    edit_vals: np.ndarray,
+    n_voxels: np.ndarray,
+    n_boot: int,
+    seed: int,
+    cohort_rows: Sequence[Mapping[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """One :func:`unveil.analysis.stats.specificity` row per contrast.
+
+    The peak's and the airway's intervals are taken from the cohort rows when given, so
+    the same number carries the same interval in every table.
+    """
+    if "lung" not in regions or not candidates:
+        return []
+    ci_of = {(r["contrast"], r["region"]): (r["ci_low"], r["ci_high"]) for r in cohort_rows}
+    rows = []
+    for ei, e in enumerate(contrasts):
+        effects = {r: edit_vals[ei, :, ri] for ri, r in enumerate(regions)}
+        counts = {r: n_voxels[:, ri] for ri, r in enumerate(regions)}
+        row = specificity(effects, counts, candidates, _rng(seed, 3, ei), n_boot)
+        for key, region in (("peak", row["peak_region"]), ("airway", "airway")):
+            if (e, region) in ci_of:
+                row[f"{key}_ci_low"], row[f"{key}_ci_high"] = ci_of[(e, region)]
+        rows.append({"contrast": e, "null_control": bool(kinds.get(e)), **row})
+    return rows
+
+
+def _baseline_value(baseline: Sequence[ParsedEdit], column: str) -> Any | None:
+    """The value a ``set`` baseline gives ``column`` (the last one wins), else None."""
+    value = None
+    for b in baseline:
+        if b.column == column and b.op == "set":
+            value = b.value
+    return value
+
+
+def _numeric_change(edit: ParsedEdit, x_mean: float, base: Any | None) -> float:
+    """What a numeric edit changes the attribute by, for scaling a slope.
+
+    ``+=``/``-=``: the delta.  ``set``: target minus the run's baseline value of the column
+    when it has one (every subject started there), else target minus the cohort mean (the
+    mean change a linear association predicts).
+    """
+    if edit.op == "add":
+        return float(edit.value)
+    if edit.op == "sub":
+        return -float(edit.value)
+    start = _number(base) if base is not None else None
+    return float(edit.value) - (start if start is not None else x_mean)
 
 
 def _observed(
@@ -861,16 +1263,18 @@ def _observed(
     n_boot: int,
     seed: int,
     notes: list[str],
+    baseline: Sequence[ParsedEdit] = (),
 ) -> list[dict[str, Any]]:
-    """The association in the real cohort, per edit and region (see :func:`analyze_run`).
+    """The raw association in the real cohort, per edit and region (see :func:`analyze_run`).
 
-    Category ``set`` edits: subjects whose value is the target (group a) against those with
-    any other recorded value (group b), difference of regional mean HU with a bootstrap CI.
-    Numeric edits: the least-squares slope of regional mean HU on the attribute, scaled to
-    what the edit changes: ``delta`` for ``+=``/``-=``, and ``target - mean(x)`` for a
-    ``set`` (the mean change a linear association predicts).  ``unset`` edits have no
-    real-cohort counterpart (a missing value is not a value) and are skipped.  Subjects with
-    the attribute missing are excluded.
+    Category ``set`` edits: subjects whose value is the target (group a) against those
+    whose value is the run's baseline value of that column (group b) when the run has one
+    (``baseline smoking=never``, edit ``smoking=current``: current against never, the
+    contrast the counterfactual makes), else against every other recorded value;
+    difference of regional mean HU with a bootstrap CI.  Numeric edits: the least-squares
+    slope of regional mean HU on the attribute, scaled by :func:`_numeric_change`.
+    ``unset`` edits have no real-cohort counterpart (a missing value is not a value) and are
+    skipped.  Subjects with the attribute missing are excluded.
     """
     from unveil.data.effects import same_value
 
@@ -891,14 +1295,12 @@ def _observed(
             )
             continue
         y = np.stack([real_means[s] for s in known])  # (N, R)
+        base = _baseline_value(baseline, pe.column)
         if pe.numeric:
             x = np.array(
                 [_number(values[s]) if _number(values[s]) is not None else math.nan for s in known]
             )
-            if pe.op == "set":
-                scale = float(pe.value) - float(np.nanmean(x))
-            else:
-                scale = float(pe.value) if pe.op == "add" else -float(pe.value)
+            scale = _numeric_change(pe, float(np.nanmean(x)), base)
             for ri, r in enumerate(regions):
                 slope, lo, hi = slope_with_ci(x, y[:, ri], _rng(seed, 1, ei, ri), n_boot)
                 ends = sorted([lo * scale, hi * scale])
@@ -922,22 +1324,28 @@ def _observed(
                 )
             continue
         in_a = np.array([same_value(values[s], pe.value) for s in known])
-        small = min(int(in_a.sum()), int((~in_a).sum()))
+        if base is not None and not same_value(base, pe.value):
+            in_b = np.array([same_value(values[s], base) for s in known])
+            label_b = f"{pe.column}={base}"
+        else:
+            in_b = ~in_a
+            label_b = f"{pe.column}!={pe.value}"
+        small = min(int(in_a.sum()), int(in_b.sum()))
         if small < 5:
             notes.append(
                 f"{e}: the observed association compares groups of {int(in_a.sum())} and "
-                f"{int((~in_a).sum())} subjects; a bootstrap interval from fewer than 5 subjects "
+                f"{int(in_b.sum())} subjects; a bootstrap interval from fewer than 5 subjects "
                 "per group is too narrow to trust."
             )
         for ri, r in enumerate(regions):
-            a, b = y[in_a, ri], y[~in_a, ri]
+            a, b = y[in_a, ri], y[in_b, ri]
             diff, lo, hi = two_group_difference(a, b, _rng(seed, 1, ei, ri), n_boot)
             a_f, b_f = a[np.isfinite(a)], b[np.isfinite(b)]
             rows.append(
                 {
                     "attribute": pe.column,
                     "group_a": f"{pe.column}={pe.value}",
-                    "group_b": f"{pe.column}!={pe.value}",
+                    "group_b": label_b,
                     "region": r,
                     "n_a": int(a_f.size),
                     "n_b": int(b_f.size),
@@ -953,9 +1361,155 @@ def _observed(
     return rows
 
 
+def adjusted_association(
+    table: Mapping[str, Mapping[str, Any]],
+    region_means: Mapping[str, np.ndarray],
+    regions: Sequence[str],
+    edits: Sequence[ParsedEdit],
+    baseline: Sequence[ParsedEdit] = (),
+    notes: list[str] | None = None,
+    columns: Sequence[str] | None = None,
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
+    """The association of each edit in the real cohort, adjusted for every other attribute.
+
+    Per region, the subjects' regional mean HU of the real scans is regressed (OLS, HC3
+    covariance) on every attribute of the clinical table, coded by
+    :func:`unveil.analysis.stats.design_matrix` (numbers as they are, categories one-hot
+    against their most frequent level, missing values as a level or a mean fill plus an
+    indicator).  This is what a statistician would estimate without a generative model;
+    it removes confounding by the recorded attributes (age travels with smoking) but
+    assumes effects add up linearly.
+
+    For a category edit ``col=target`` the contrast is ``coef(target) - coef(base)``,
+    ``base`` being the run's baseline value of ``col`` when it has one, else the reference
+    level (whose coefficient is 0); its variance comes from the covariance matrix.  When
+    the target is itself the reference and the run has no baseline, that difference would
+    be 0 by construction, so the target is compared with the frequency-weighted mean of the
+    other recorded levels (the adjusted form of the raw "target vs the rest").  For a
+    numeric edit it is the slope times the edit's change (:func:`_numeric_change`).  An
+    ``unset`` edit has no counterpart and is skipped.
+
+    Args:
+        table: ``{id: {column: value}}`` clinical rows (id column left out).
+        region_means: ``{id: (R,) regional mean HU of the real scan}``; the subjects used
+            are those present in both.
+        regions: the ``R`` region names.
+        edits: the parsed edits (their ``text`` names the row's contrast).
+        baseline: the run's baseline edits.
+        notes: cautions are appended here.
+        columns: attributes to use (default: every column of the rows, in first-seen
+            order).
+        level: confidence level of the interval.
+
+    Returns:
+        Rows with the :data:`ADJUSTED_COLUMNS`.
+    """
+    notes = notes if notes is not None else []
+    ids = [s for s in region_means if s in table]
+    rows_in = [table[s] for s in ids]
+    if columns is None:
+        columns = list(dict.fromkeys(c for r in rows_in for c in r))
+    numeric: dict[str, bool] = {}
+    for pe in edits:
+        numeric.setdefault(pe.column, pe.numeric)
+    X, info = design_matrix(rows_in, list(columns), numeric)
+    y = np.stack([np.asarray(region_means[s], dtype=np.float64) for s in ids]) if ids else None
+    dropped = [c for c in columns if info[c]["kind"] == "dropped"]
+    if dropped:
+        notes.append(
+            "adjusted association: attribute(s) "
+            + ", ".join(dropped)
+            + " left out of the regression (no variation once values recorded for fewer "
+            "than two subjects are pooled)."
+        )
+    method = (
+        f"OLS on {len(columns) - len(dropped)} attribute(s) of the clinical table, HC3 "
+        "covariance, normal interval"
+    )
+    wanted: dict[str, tuple[ParsedEdit, dict[str, float], str, str, float]] = {}
+    for pe in edits:
+        if pe.op == "unset":
+            continue
+        entry = info.get(pe.column)
+        if entry is None or entry["kind"] == "dropped":
+            notes.append(
+                f"{pe.text}: column '{pe.column}' does not vary in the clinical table; no "
+                "adjusted association."
+            )
+            continue
+        base = _baseline_value(baseline, pe.column)
+        if entry["kind"] == "number":
+            if pe.column not in entry["terms"]:
+                continue
+            scale = _numeric_change(pe, float(entry["mean"]), base)
+            wanted[pe.text] = (pe, {pe.column: scale}, pe.column, "", scale)
+            continue
+        levels = entry["levels"]
+        target = level_name(pe.value)
+        ref = level_name(base) if base is not None else entry["reference"]
+        missing = [lv for lv in (target, ref) if lv not in levels]
+        if missing:
+            notes.append(
+                f"{pe.text}: level(s) {', '.join(missing)} of '{pe.column}' recorded for fewer "
+                "than two subjects of the cohort; no adjusted association."
+            )
+            continue
+        weights: dict[str, float] = {}
+        if levels[target] is not None:
+            weights[levels[target]] = weights.get(levels[target], 0.0) + 1.0
+        if base is None and target == ref:
+            # The target is the reference level: "target minus reference" would be 0 by
+            # construction.  Compare it with the other recorded levels instead, weighted by
+            # their frequency: the adjusted counterpart of the raw "target vs the rest".
+            others = {
+                lv: n
+                for lv, n in entry["counts"].items()
+                if lv not in (target, MISSING_LEVEL) and levels.get(lv) is not None
+            }
+            total = sum(others.values())
+            for lv, n in others.items():
+                weights[levels[lv]] = weights.get(levels[lv], 0.0) - n / total
+            term_b = f"{pe.column}[other recorded levels, by frequency]"
+        else:
+            if levels[ref] is not None:
+                weights[levels[ref]] = weights.get(levels[ref], 0.0) - 1.0
+            term_b = levels[ref] or f"{pe.column}[{ref}] (reference)"
+        weights = {t: w for t, w in weights.items() if w != 0.0}
+        term_a = levels[target] or f"{pe.column}[{target}] (reference)"
+        # target == base: the contrast is zero by construction, with no uncertainty
+        wanted[pe.text] = (pe, weights or {"const": 0.0}, term_a, term_b, 1.0)
+    out: list[dict[str, Any]] = []
+    if not wanted or y is None:
+        return out
+    for ri, r in enumerate(regions):
+        fit = ols_hc3_contrasts(X, y[:, ri], {k: v[1] for k, v in wanted.items()}, level)
+        for name, (pe, _, term_a, term_b, scale) in wanted.items():
+            res = fit[name]
+            out.append(
+                {
+                    "contrast": name,
+                    "attribute": pe.column,
+                    "region": r,
+                    "term_a": term_a,
+                    "term_b": term_b,
+                    "scale": scale,
+                    "n_subjects": res["n"],
+                    "n_parameters": res["n_parameters"],
+                    "diff_hu": res["estimate"],
+                    "se_hu": res["se"],
+                    "ci_low": res["ci_low"],
+                    "ci_high": res["ci_high"],
+                    "p_value": res["p_value"],
+                    "method": method,
+                }
+            )
+    return out
+
+
 def _recovery(
     all_edits: Sequence[str],
-    null_edits: Sequence[str],
+    controls: Sequence[str],
     parsed: Mapping[str, ParsedEdit],
     regions: Sequence[str],
     edit_vals: np.ndarray,
@@ -963,15 +1517,18 @@ def _recovery(
     cohort_rows: Sequence[Mapping[str, Any]],
     n_boot: int,
     seed: int,
+    tolerance: float = RECOVERY_TOLERANCE,
+    spill_limit_hu: float = SPILL_LIMIT_HU,
 ) -> list[dict[str, Any]]:
-    """Planted vs recovered mean shift per edit and region.
+    """Planted vs recovered mean shift per edit and region (parseable edits only).
 
     ``planted_hu`` is the mean over subjects of the expected regional shift (edited minus
     factual true attributes); ``recovered_hu`` the mean measured difference over the same
-    subjects, with its bootstrap CI.  Where nothing was planted (``planted_hu == 0``) a
-    relative error is undefined and ``sign_ok`` / ``within_30pct`` both mean "the CI holds
-    zero"; otherwise ``sign_ok`` is agreement of signs and ``within_30pct`` is
-    ``|error| <= 0.3 |planted|``.
+    subjects, with its bootstrap CI.  Where something was planted, ``sign_ok`` is agreement
+    of signs and ``within_tolerance`` is ``|error| <= tolerance * |planted|``
+    (``within_30pct`` the same at 30%, kept for readers of older files).  Where nothing
+    was planted a relative error is undefined, and all three say ``|recovered| <=
+    spill_limit_hu``.
     """
     ci_of = {(r["contrast"], r["region"]): r for r in cohort_rows}
     rows = []
@@ -991,13 +1548,14 @@ def _recovery(
             plant = float(pv[keep].mean())
             rec = float(ev[keep].mean())
             err = rec - plant
-            if plant == 0.0:
+            if abs(plant) <= PLANTED_EPS_HU:
                 rel = math.nan
-                sign_ok = within = _contains_zero(lo, hi)
+                sign_ok = within = within30 = bool(abs(rec) <= spill_limit_hu)
             else:
                 rel = err / abs(plant)
                 sign_ok = bool(np.sign(rec) == np.sign(plant))
-                within = bool(abs(err) <= RECOVERY_TOLERANCE * abs(plant))
+                within = bool(abs(err) <= tolerance * abs(plant))
+                within30 = bool(abs(err) <= 0.30 * abs(plant))
             rows.append(
                 {
                     "contrast": e,
@@ -1009,78 +1567,128 @@ def _recovery(
                     "error_hu": err,
                     "relative_error": rel,
                     "sign_ok": sign_ok,
-                    "within_30pct": within,
-                    "null_control": e in null_edits,
+                    "within_tolerance": within,
+                    "within_30pct": within30,
+                    "null_control": e in controls,
                 }
             )
     return rows
 
 
-def _fmt_ci(row: Mapping[str, Any]) -> str:
-    return f"{row['mean_diff_hu']:+.1f} HU [{row['ci_low']:+.1f}, {row['ci_high']:+.1f}]"
+def _fmt_ci(mean: float, lo: float, hi: float) -> str:
+    return f"{mean:+.1f} HU [{lo:+.1f}, {hi:+.1f}]"
+
+
+def specificity_line(row: Mapping[str, Any]) -> str:
+    """One verdict line for a :data:`SPECIFICITY_COLUMNS` row."""
+    if not row.get("peak_region"):
+        return f"{row['contrast']}: no lung partition to locate the effect in."
+    text = (
+        f"{row['contrast']}: largest in {row['peak_region']} "
+        f"{_fmt_ci(row['peak_hu'], row['peak_ci_low'], row['peak_ci_high'])}; "
+        f"rest of the lung {_fmt_ci(row['spill_hu'], row['spill_ci_low'], row['spill_ci_high'])}"
+    )
+    frac = row.get("spill_fraction")
+    if frac is not None and math.isfinite(frac):
+        text += f" (spill {100 * frac:.0f}% of the peak)"
+    if row.get("airway_hu") is not None and math.isfinite(row["airway_hu"]):
+        text += "; airway " + _fmt_ci(row["airway_hu"], row["airway_ci_low"], row["airway_ci_high"])
+    return text
 
 
 def _verdict(
-    all_edits: Sequence[str],
-    null_edits: Sequence[str],
+    contrasts: Sequence[str],
+    kinds: Mapping[str, str],
     parsed: Mapping[str, ParsedEdit],
     cohort_rows: Sequence[Mapping[str, Any]],
+    spec_rows: Sequence[Mapping[str, Any]],
     recovery_rows: Sequence[Mapping[str, Any]],
     effects: Sequence[Any] | None,
     alpha: float,
     test: str,
     notes: list[str],
+    calibration: Mapping[str, Any],
+    tolerance: float = RECOVERY_TOLERANCE,
+    spill_limit_hu: float = SPILL_LIMIT_HU,
 ) -> dict[str, Any]:
-    """Per edit the regions significant after correction; the null control; the recovery."""
+    """Per contrast the significant regions; the null control; specificity; the recovery."""
+    calibrated = bool(calibration.get("available"))
+    spec_of = {r["contrast"]: r for r in spec_rows}
     per_edit = []
-    for e in all_edits:
-        sig = [r for r in cohort_rows if r["contrast"] == e and r["significant"]]
-        is_null = e in null_edits
+    for e in contrasts:
+        rows = [r for r in cohort_rows if r["contrast"] == e]
+        sig = [r for r in rows if r["significant"]]
+        is_null = bool(kinds.get(e))
         if is_null:
+            largest = max((abs(r["mean_diff_hu"]) for r in rows), default=math.nan)
             summary = (
-                "null control passed: no region differs from the noise floor"
+                f"null control passed: no region differs from zero (raw test, FDR {alpha:g} "
+                f"over the controls); largest |effect| {largest:.2f} HU (target < 1 HU)"
                 if not sig
-                else "null control FAILED: significant in " + ", ".join(r["region"] for r in sig)
+                else "null control FAILED: differs from zero in "
+                + "; ".join(
+                    f"{r['region']} {_fmt_ci(r['mean_diff_hu'], r['ci_low'], r['ci_high'])}"
+                    for r in sig
+                )
             )
         elif sig:
-            summary = "significant in " + "; ".join(f"{r['region']} {_fmt_ci(r)}" for r in sig)
+            how = "beyond the null controls (calibrated)" if calibrated else "(raw test)"
+            summary = f"significant {how} in " + "; ".join(
+                f"{r['region']} {_fmt_ci(r['mean_diff_hu'], r['ci_low'], r['ci_high'])}"
+                for r in sig
+            )
+        elif calibrated:
+            summary = (
+                f"no region differs from zero beyond the null controls' systematic error at "
+                f"FDR {alpha:g}"
+            )
         else:
-            summary = f"no region differs from the noise floor at FDR {alpha:g}"
-        per_edit.append(
-            {
-                "contrast": e,
-                "null_control": is_null,
-                "significant_regions": [r["region"] for r in sig],
-                "summary": summary,
-            }
-        )
-    null_passed = (
-        None
-        if not null_edits
-        else all(not v["significant_regions"] for v in per_edit if v["null_control"])
-    )
+            summary = f"no region differs from zero at FDR {alpha:g}"
+        entry = {
+            "contrast": e,
+            "null_control": is_null,
+            "control_kind": kinds.get(e, ""),
+            "significant_regions": [r["region"] for r in sig],
+            "summary": summary,
+        }
+        if e in spec_of:
+            entry["specificity"] = specificity_line(spec_of[e])
+        per_edit.append(entry)
+    ctrl_rows = [r for r in cohort_rows if r["null_control"]]
+    null_passed = None if not ctrl_rows else not any(r["significant"] for r in ctrl_rows)
+    null_max = max((abs(r["mean_diff_hu"]) for r in ctrl_rows), default=math.nan)
     recovery = None
     if effects:
-        # Judge each edit in the regions where its attribute's effects were planted: size
-        # (within 30%), sign, and place (significant there after correction).
+        # In each region where the edited attribute's effect was planted: sign, size (within
+        # the tolerance) and place (significant there); in each lung zone where nothing
+        # was planted: no shift beyond the spill limit.
         sig_of = {(r["contrast"], r["region"]): r["significant"] for r in cohort_rows}
         checked = []
         for row in recovery_rows:
             e = row["contrast"]
-            if row["null_control"] or row["planted_hu"] == 0.0:
+            if row["null_control"]:
                 continue
-            places = {x.region for x in effects if x.attribute == parsed[e].column}
-            if row["region"] not in places:
-                continue
-            ok = bool(
-                row["sign_ok"] and row["within_30pct"] and sig_of.get((e, row["region"]), False)
-            )
+            nothing = abs(row["planted_hu"]) <= PLANTED_EPS_HU
+            if nothing:
+                if row["region"] not in ZONES:
+                    continue
+                ok = bool(abs(row["recovered_hu"]) <= spill_limit_hu)
+            else:
+                places = {x.region for x in effects if x.attribute == parsed[e].column}
+                if row["region"] not in places:
+                    continue
+                ok = bool(
+                    row["sign_ok"]
+                    and row["within_tolerance"]
+                    and sig_of.get((e, row["region"]), False)
+                )
             checked.append(
                 {
                     "contrast": e,
                     "region": row["region"],
                     "planted_hu": row["planted_hu"],
                     "recovered_hu": row["recovered_hu"],
+                    "check": "nothing planted" if nothing else "planted",
                     "ok": ok,
                 }
             )
@@ -1091,10 +1699,14 @@ def _verdict(
                 if not checked and null_passed is None
                 else all(c["ok"] for c in checked) and null_passed is not False
             ),
+            "tolerance": tolerance,
+            "spill_limit_hu": spill_limit_hu,
             "rule": (
                 "in each region where the edited attribute's effect was planted: sign right, "
-                "size within 30%, significant after correction; and nothing significant for "
-                "the null edits"
+                f"size within {100 * tolerance:g}%, significant "
+                f"{'after calibration' if calibrated else 'after correction'}; in each lung "
+                f"zone where nothing was planted: |shift| <= {spill_limit_hu:g} HU; and no "
+                "null control significant"
             ),
         }
     return {
@@ -1102,13 +1714,22 @@ def _verdict(
         "test": test,
         "edits": per_edit,
         "null_control_passed": null_passed,
+        "null_control_max_abs_hu": null_max,
+        "calibrated": calibrated,
+        "specificity": [
+            v["specificity"] for v in per_edit if "specificity" in v and not v["null_control"]
+        ],
         "recovery": recovery,
         "notes": notes,
     }
 
 
 def format_table(results: Mapping[str, Any], max_rows: int | None = None) -> str:
-    """The cohort rows as a compact plain table: contrast, region, mean [CI], q, significance."""
+    """The cohort rows as a compact plain table: contrast, region, mean [CI], q, significance.
+
+    ``q`` is the raw q-value and ``q cal`` the calibrated one (a control's is leave-one-out,
+    for display); ``*`` marks the rows ``significant``.
+    """
     rows = list(results.get("cohort_stats", []))
     if max_rows is not None:
         rows = rows[:max_rows]
@@ -1119,7 +1740,8 @@ def format_table(results: Mapping[str, Any], max_rows: int | None = None) -> str
     width = max([len("contrast"), *(len(r["contrast"]) for r in rows)])
     rwidth = max([len("region"), *(len(r["region"]) for r in rows)])
     lines = [
-        f"{'contrast':<{width}}  {'region':<{rwidth}}  {'mean HU [95% CI]':>28}  {'q':>8}  sig"
+        f"{'contrast':<{width}}  {'region':<{rwidth}}  {'mean HU [95% CI]':>28}  {'q':>8}  "
+        f"{'q cal':>8}  sig"
     ]
     for r in rows:
         ci = f"{num(r['mean_diff_hu'], '+.1f')} [{num(r['ci_low'], '+.1f')}, {num(r['ci_high'], '+.1f')}]"
@@ -1127,6 +1749,7 @@ def format_table(results: Mapping[str, Any], max_rows: int | None = None) -> str
         if r["null_control"]:
             mark += " (null)"
         lines.append(
-            f"{r['contrast']:<{width}}  {r['region']:<{rwidth}}  {ci:>28}  {num(r['q_value'], '8.3g')}  {mark}"
+            f"{r['contrast']:<{width}}  {r['region']:<{rwidth}}  {ci:>28}  "
+            f"{num(r['q_value'], '8.3g')}  {num(r.get('q_calibrated'), '8.3g')}  {mark}"
         )
     return "\n".join(lines)

@@ -480,6 +480,20 @@ def _truthy(v: Any) -> bool:
     return bool(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else False
 
 
+def decisive_q(row: Mapping[str, Any]) -> tuple[float, bool]:
+    """The q-value that decided a cohort row's ``significant``, and whether it is calibrated.
+
+    A real edit is judged on its calibrated q when the analysis could calibrate (the cell
+    is filled), else on the raw q; a negative control always on its raw q (its calibrated
+    q is leave-one-out, for display only).
+    """
+    if not _truthy(row.get("null_control")):
+        qc = _f(row.get("q_calibrated"))
+        if math.isfinite(qc):
+            return qc, True
+    return _f(row.get("q_value")), False
+
+
 def region_order(regions: Sequence[str]) -> list[str]:
     """Regions in the vocabulary order of :data:`unveil.data.regions.REGIONS`, others after."""
     from unveil.data.regions import REGIONS
@@ -505,8 +519,9 @@ def region_bars(
 
     Returns:
         PNG bytes: one horizontal bar per region (significant regions in a strong colour
-        and starred with their q), the noise floor (mean +/- SD across subjects) as a grey
-        band behind each bar, a vertical line at 0 HU.
+        and starred with the q that decided it, :func:`decisive_q`), the noise floor (mean
+        +/- SD across subjects) as a grey band behind each bar for scale (the tests are
+        against zero, not against it), a vertical line at 0 HU.
     """
     rows = [r for r in cohort_rows if str(r.get("contrast")) == contrast]
     if not rows:
@@ -550,8 +565,9 @@ def region_bars(
     span = np.nanmax(np.abs(np.concatenate([lo, hi, safe_means, fm - fs, fm + fs, [1.0]])))
     for y, g, s, h in zip(ys, regions, sig, hi, strict=True):
         if s:
-            q = _f(by_region[g].get("q_value"))
-            ax.text(max(h, 0) + 0.03 * span, y, f"* q{_fmt_q(q)}", va="center", fontsize=8)
+            q, cal = decisive_q(by_region[g])
+            label = f"* {'cal. ' if cal else ''}q{_fmt_q(q)}"
+            ax.text(max(h, 0) + 0.03 * span, y, label, va="center", fontsize=8)
     ax.axvline(0.0, color="black", lw=0.8)
     ax.set_yticks(ys)
     ax.set_yticklabels(regions, fontsize=9)
@@ -562,7 +578,7 @@ def region_bars(
     from matplotlib.patches import Patch
 
     handles = [
-        Patch(color="#b2182b", label="significant after FDR"),
+        Patch(color="#b2182b", label="significant"),
         Patch(color="#9ecae1", label="not significant"),
         Patch(color="0.85", label="noise floor (mean \u00b1 SD)"),
     ]
@@ -573,12 +589,13 @@ def region_bars(
     return _png(fig)
 
 
-def recovery_plot(recovery_rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """Planted against recovered HU with 95% CIs, the identity line and a +/-30% band (PNG).
+def recovery_plot(recovery_rows: Sequence[Mapping[str, Any]], tolerance: float = 0.30) -> bytes:
+    """Planted against recovered HU with 95% CIs, the identity line and a tolerance band (PNG).
 
     Args:
         recovery_rows: rows with ``contrast, region, planted_hu, recovered_hu, ci_low,
             ci_high``; one point per row, one colour per contrast.
+        tolerance: half-width of the grey band, as a fraction of the planted shift.
     """
     rows = [r for r in recovery_rows if np.isfinite(_f(r.get("planted_hu")))]
     if not rows:
@@ -593,7 +610,13 @@ def recovery_plot(recovery_rows: Sequence[Mapping[str, Any]]) -> bytes:
     hi = np.where(np.isfinite(hi), hi, y)
     span = float(np.nanmax(np.abs(np.concatenate([x, y, lo, hi, [1.0]])))) * 1.15
     line = np.array([-span, span])
-    ax.fill_between(line, 0.7 * line, 1.3 * line, color="0.9", label="\u00b130% of planted")
+    ax.fill_between(
+        line,
+        (1 - tolerance) * line,
+        (1 + tolerance) * line,
+        color="0.9",
+        label=f"\u00b1{100 * tolerance:.0f}% of planted",
+    )
     ax.plot(line, line, color="black", lw=0.8, label="recovered = planted")
     import matplotlib
 

@@ -10,7 +10,16 @@ back with the same ones, so writer and reader cannot disagree about a file name:
       subjects/<id>/<slug>_s<k>.nii.gz    edited prompt, the SAME noise as factual_s<k>
       analysis/                           written by ``unveil analyze``
 
-``<slug>`` is :func:`edit_slug` of the edit's text form (``str(edit)``).
+``<slug>`` is :func:`edit_slug` of the edit's text form (``str(edit)``), or of a permuted
+control's name.
+
+``counterfactual.json`` holds ``cohort``, ``edits``, ``seeds`` and ``subjects`` (required),
+and optionally ``null_edits`` (negative-control edits), ``permuted_controls`` (names of
+contrasts whose volumes lie at :meth:`RunLayout.edited` like an edit's, made by setting
+each subject's null field to the value of another, randomly permuted, subject: negative
+controls by construction, not parseable as edits), ``noise`` (``"per-subject"`` when each
+(subject, seed) drew its own noise; older runs shared seed k's noise across subjects),
+``baseline``, ``floor_seed_offset``, ``hu_window`` and ``config``.
 """
 
 from __future__ import annotations
@@ -95,7 +104,11 @@ class RunLayout:
     def volumes(self, run: dict[str, Any]) -> list[Path]:
         """Every volume the run description says exists, in a fixed order."""
         out: list[Path] = []
-        edits = [*run.get("edits", []), *run.get("null_edits", [])]
+        edits = [
+            *run.get("edits", []),
+            *run.get("null_edits", []),
+            *run.get("permuted_controls", []),
+        ]
         for sid in run["subjects"]:
             for k in run["seeds"]:
                 out.append(self.factual(sid, k))
@@ -112,8 +125,9 @@ def read_run(root: str | os.PathLike, check_volumes: bool = True) -> dict[str, A
         check_volumes: also check that every factual, floor and edited volume exists.
 
     Returns:
-        The json content, with ``null_edits`` defaulting to ``[]`` and
-        ``floor_seed_offset`` to 1000.
+        The json content, with ``null_edits`` and ``permuted_controls`` defaulting to
+        ``[]`` and ``floor_seed_offset`` to 1000 (``noise`` is left absent when absent: its
+        absence marks an older run with noise shared across subjects).
 
     Raises:
         UnveilError: one sentence naming the missing/corrupt file and saying to re-run
@@ -142,19 +156,22 @@ def read_run(root: str | os.PathLike, check_volumes: bool = True) -> dict[str, A
     if missing:
         raise UnveilError(f"{path} lacks the key(s) {', '.join(missing)}; {redo}.")
     run.setdefault("null_edits", [])
+    run.setdefault("permuted_controls", [])
     run.setdefault("floor_seed_offset", 1000)
-    for key in ("edits", "null_edits", "seeds", "subjects"):
+    for key in ("edits", "null_edits", "permuted_controls", "seeds", "subjects"):
         if not isinstance(run[key], list):
             raise UnveilError(f"{path}: '{key}' must be a list; {redo}.")
     if not run["subjects"] or not run["seeds"]:
         raise UnveilError(f"{path} lists no subjects or no seeds; {redo}.")
     if not run["edits"] and not run["null_edits"]:
         raise UnveilError(f"{path} lists no edits; {redo} with at least one --edit.")
-    all_edits = [*run["edits"], *run["null_edits"]]
+    if "noise" in run and not isinstance(run["noise"], str):
+        raise UnveilError(f"{path}: 'noise' must be a string such as 'per-subject'; {redo}.")
+    all_edits = [str(e) for e in (*run["edits"], *run["null_edits"], *run["permuted_controls"])]
     slugs = [edit_slug(e) for e in all_edits]
     if len(set(slugs)) != len(slugs):
         raise UnveilError(
-            f"{path} lists edits whose file names collide ({', '.join(all_edits)}); {redo} "
+            f"{path} lists contrasts whose file names collide ({', '.join(all_edits)}); {redo} "
             "with distinct edits."
         )
     if check_volumes:

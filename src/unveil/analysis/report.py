@@ -5,12 +5,17 @@ the CSV files beside it) and from the run's volumes (for the slice views).  It o
 no network: every image is a base64 ``data:`` URI, the CSS is inline, there is no script,
 no link, no font to fetch and no URL anywhere in the file.
 
-Layout, top to bottom: the verdict (one line per edit and null control, the same lines
-``unveil report`` and ``unveil demo`` print), what was asked (edits, seeds, subjects,
-model), then one section per edit (region bar chart, the table of tests, planted against
-recovered where the cohort has planted effects, the association observed in the real
-cohort beside it, slice panels and an animated GIF for the first subjects), then the
-planted-vs-recovered plot, methods and limitations.
+Layout, top to bottom: the verdict (one line per edit and null control, one for the
+permuted-label controls, the empirical calibration, the spill of each edit and the
+planted-effect check: the same lines ``unveil report`` and ``unveil demo`` print), what
+was asked (edits, controls, seeds, subjects, model), the noise floor per region with its
+minimum detectable effect and the calibration, then one section per contrast (region bar
+chart, the table of tests against zero with raw and calibrated p and q, the specificity,
+one table setting the counterfactual beside the raw and the adjusted association in the
+real cohort, planted against recovered where the cohort has planted effects, slice panels
+and an animated GIF for the first subjects; none for permuted controls), then the
+planted-vs-recovered plot, methods and limitations.  What the numbers mean is in
+``docs/statistics.md``.
 
 Every string that comes from a file (edit names, ids, paths, config values) is
 HTML-escaped; ``://`` and ``@`` are written as character references as well, so even a
@@ -35,7 +40,14 @@ import numpy as np
 from unveil.errors import UnveilError
 
 #: Tables ``unveil analyze`` writes, by results.json key.
-TABLES: tuple[str, ...] = ("cohort_stats", "observed", "recovery")
+TABLES: tuple[str, ...] = (
+    "cohort_stats",
+    "noise_floor",
+    "specificity",
+    "observed",
+    "adjusted",
+    "recovery",
+)
 
 #: Below this size (HU) a planted shift counts as "nothing planted" in the verdict.
 PLANTED_EPS_HU = 0.5
@@ -72,9 +84,9 @@ def load_results(run_root: str | os.PathLike) -> dict[str, Any]:
     """Read ``RUN/analysis/results.json``, filling missing tables from the CSV files.
 
     Returns:
-        The results dict with the keys ``run``, ``cohort_stats``, ``observed``,
-        ``recovery`` (lists of row dicts, possibly empty) and ``alpha``.  Rows read from
-        CSV keep their cells as strings; the report converts cells where it uses them.
+        The results dict with the keys ``run``, ``alpha`` and every table of
+        :data:`TABLES` (lists of row dicts, possibly empty).  Rows read from CSV keep
+        their cells as strings; the report converts cells where it uses them.
 
     Raises:
         UnveilError: when the run folder or ``results.json`` is missing or not valid JSON
@@ -153,10 +165,12 @@ def _contrast_rows(results: Mapping[str, Any], contrast: str) -> list[dict[str, 
 
 
 def _edits(results: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(edits, null edits): from the run description, else from the table's null_control."""
+    """(edits, negative controls): from the run description (null edits, then permuted
+    controls, then edits of an effect-free attribute), else from the table's null_control."""
     run = results.get("run") or {}
     edits = [str(e) for e in run.get("edits") or []]
     nulls = [str(e) for e in run.get("null_edits") or []]
+    nulls += [str(e) for e in run.get("permuted_controls") or [] if str(e) not in nulls]
     if not edits and not nulls:
         for r in results.get("cohort_stats", []):
             c = str(r.get("contrast"))
@@ -165,7 +179,32 @@ def _edits(results: Mapping[str, Any]) -> tuple[list[str], list[str]]:
             target = nulls if _truthy(r.get("null_control")) else edits
             if c not in target:
                 target.append(c)
-    return edits, nulls
+        return edits, nulls
+    # An edit of an attribute effects.json declares effect-free is a control too.
+    flagged = {
+        str(r.get("contrast"))
+        for r in results.get("cohort_stats", [])
+        if _truthy(r.get("null_control"))
+    }
+    moved = [e for e in edits if e in flagged]
+    return [e for e in edits if e not in flagged], nulls + [e for e in moved if e not in nulls]
+
+
+def _permuted(results: Mapping[str, Any]) -> set[str]:
+    """Names of the permuted-label controls (from the run, else from control_kind)."""
+    run = results.get("run") or {}
+    names = {str(e) for e in run.get("permuted_controls") or []}
+    names |= {
+        str(r.get("contrast"))
+        for r in results.get("cohort_stats", [])
+        if str(r.get("control_kind") or "") == "permuted"
+    }
+    return names
+
+
+def _calibration(results: Mapping[str, Any]) -> Mapping[str, Any]:
+    cal = results.get("calibration")
+    return cal if isinstance(cal, Mapping) else {}
 
 
 def _planted(results: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -184,14 +223,20 @@ def _by_size(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 def _verdict_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(kind, text)`` per verdict line; kind is effect, none, missed, pass, fail or info."""
+    from unveil.analysis.figures import decisive_q
+
     edits, nulls = _edits(results)
+    permuted = _permuted(results)
     planted = _planted(results)
+    calibrated = bool(_calibration(results).get("available"))
+    after = "after calibration and FDR" if calibrated else "after FDR"
     items: list[tuple[str, str]] = []
 
     def region_text(r: Mapping[str, Any]) -> str:
+        q, cal = decisive_q(r)
         return (
             f"{r.get('region')} {fmt_hu(r.get('mean_diff_hu'), r.get('ci_low'), r.get('ci_high'))}, "
-            f"{fmt_p(r.get('q_value'))}"
+            f"{fmt_p(q, 'calibrated q' if cal else 'q')}"
         )
 
     for e in edits:
@@ -224,7 +269,7 @@ def _verdict_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
             items.append(("effect", text))
         else:
             top = _by_size(rows)[0]
-            text = f"{e}: nothing significant after FDR (largest: {region_text(top)})"
+            text = f"{e}: nothing significant {after} (largest: {region_text(top)})"
             if planted_rows:
                 best = max(planted_rows, key=lambda p: abs(_num(p.get("planted_hu"))))
                 text += (
@@ -234,44 +279,116 @@ def _verdict_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
                 items.append(("missed", text))
             else:
                 items.append(("none", text))
+    items.extend(_null_items(results, [e for e in nulls if e not in permuted], permuted))
+    items.extend(_calibration_items(results))
+    items.extend(_specificity_items(results))
+    items.extend(_recovery_items(results))
+    return items
+
+
+def _null_items(
+    results: Mapping[str, Any], nulls: Sequence[str], permuted: set[str]
+) -> list[tuple[str, str]]:
+    """One line per null edit, and one for all permuted-label controls together.
+
+    A control is judged on its raw test against zero (FDR over the controls, no margin);
+    the line gives its largest |effect|, which should stay under a HU.
+    """
+    items: list[tuple[str, str]] = []
+
+    def judge(label: str, rows: Sequence[Mapping[str, Any]], named: bool) -> tuple[str, str]:
+        sig = _by_size([r for r in rows if _truthy(r.get("significant"))])
+        sizes = [abs(_num(r.get("mean_diff_hu"))) for r in rows]
+        sizes = [s for s in sizes if math.isfinite(s)]
+        largest = f"; largest |effect| {max(sizes):.2f} HU" if sizes else ""
+        if not sig:
+            return ("pass", f"{label}: nothing significant after FDR (passed){largest}")
+
+        def where(r: Mapping[str, Any]) -> str:
+            return f"{r.get('contrast')} {r.get('region')}" if named else str(r.get("region"))
+
+        top = sig[0]
+        return (
+            "fail",
+            f"{label}: FAILED, significant in {len(sig)} region(s) "
+            f"({', '.join(where(r) for r in sig[:4])}; largest {where(top)} "
+            f"{fmt_hu(top.get('mean_diff_hu'), top.get('ci_low'), top.get('ci_high'))}, "
+            f"{fmt_p(top.get('q_value'))}); treat the other findings with caution",
+        )
+
     for e in nulls:
         rows = _contrast_rows(results, e)
         if not rows:
             items.append(("info", f"null control {e}: no statistics in the analysis."))
             continue
-        sig = _by_size([r for r in rows if _truthy(r.get("significant"))])
-        if not sig:
-            items.append(("pass", f"null control {e}: nothing significant after FDR (passed)"))
-        else:
-            regions = ", ".join(str(r.get("region")) for r in sig[:4])
-            items.append(
-                (
-                    "fail",
-                    f"null control {e}: FAILED, significant in {len(sig)} region(s) ({regions}; "
-                    f"largest {region_text(sig[0])}); treat the other findings with caution",
-                )
-            )
-    items.extend(_recovery_items(results))
+        items.append(judge(f"null control {e}", rows, named=False))
+    perm = [r for r in results.get("cohort_stats", []) if str(r.get("contrast")) in permuted]
+    if perm:
+        n = len({str(r.get("contrast")) for r in perm})
+        items.append(judge(f"permuted-label controls ({n})", perm, named=True))
     return items
+
+
+def _calibration_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The empirical-null line: the fitted systematic error, or why there is none."""
+    cal = _calibration(results)
+    if not cal:
+        return []
+    n_rows = int(_num(cal.get("n_rows")) or 0) if math.isfinite(_num(cal.get("n_rows"))) else 0
+    if not _truthy(cal.get("available")):
+        return [
+            (
+                "info",
+                f"calibration unavailable ({n_rows} null-control row(s)); real edits are "
+                "judged on the raw test against zero",
+            )
+        ]
+    mu, tau = _num(cal.get("mu_hu")), _num(cal.get("tau_hu"))
+    return [
+        (
+            "info",
+            f"empirical null from {n_rows} null-control row(s): systematic error "
+            f"{mu:+.2f} HU, spread {tau:.2f} HU; real edits are judged against it",
+        )
+    ]
+
+
+def _specificity_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One spill line per edit, as ``unveil analyze`` wrote it in its verdict."""
+    verdict = results.get("verdict") if isinstance(results.get("verdict"), Mapping) else {}
+    lines = verdict.get("specificity") or []
+    return [("info", f"specificity: {line}") for line in lines if str(line).strip()]
 
 
 def _recovery_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The planted-effect line: from the analysis verdict's checked regions when present.
 
     ``unveil analyze`` judges each region where the edited attribute's effect was planted
-    (right sign, size within 30%, significant after correction); that is the check a user
-    needs.  Without it (an older analysis), every edit-region row with a planted shift is
-    counted instead.
+    (right sign, size within the tolerance, significant) and each lung zone where nothing
+    was planted (no shift beyond the spill limit); that is the check a user needs.
+    Without it (an older analysis), every edit-region row with a planted shift is counted
+    instead.
     """
     verdict = results.get("verdict") if isinstance(results.get("verdict"), Mapping) else {}
     recovery = verdict.get("recovery") if isinstance(verdict.get("recovery"), Mapping) else None
     if recovery is not None and recovery.get("checked"):
         checked = [c for c in recovery["checked"] if isinstance(c, Mapping)]
+        tol = _num(recovery.get("tolerance"))
+        tol_text = f"within {100 * tol:.0f}%" if math.isfinite(tol) else "within 30%"
+        spill = _num(recovery.get("spill_limit_hu"))
+        planted = [c for c in checked if str(c.get("check", "planted")) == "planted"]
+        empty = [c for c in checked if str(c.get("check", "planted")) != "planted"]
         ok = [c for c in checked if _truthy(c.get("ok"))]
         text = (
-            f"planted effects recovered in {len(ok)}/{len(checked)} planted region(s) "
-            "(right sign, within 30%, significant after FDR)"
+            f"planted effects recovered in {sum(_truthy(c.get('ok')) for c in planted)}/"
+            f"{len(planted)} planted region(s) (right sign, {tol_text}, significant)"
         )
+        if empty:
+            limit = f"{spill:g} HU" if math.isfinite(spill) else "the spill limit"
+            text += (
+                f"; {sum(_truthy(c.get('ok')) for c in empty)}/{len(empty)} zone(s) where "
+                f"nothing was planted within {limit}"
+            )
         missed = [f"{c.get('contrast')} in {c.get('region')}" for c in checked if c not in ok]
         if missed:
             text += f"; missed: {', '.join(missed[:4])}" + (", ..." if len(missed) > 4 else "")
@@ -294,18 +411,20 @@ def _recovery_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def verdict_lines(results: Mapping[str, Any]) -> list[str]:
-    """A short plain-text verdict: one line per edit, per null control, and for recovery.
+    """A short plain-text verdict: per edit, per null control, calibration, spill, recovery.
 
     Args:
         results: the ``results.json`` content (see :func:`load_results`), with
             ``cohort_stats`` rows and, where effects were planted, ``recovery`` rows.
 
     Returns:
-        Lines such as ``smoking=current: upper_lung -58 HU [-64, -52], q<0.001 (planted
-        -60 HU, error 3%); also significant in 2 other region(s): lung, right_lung`` and
-        ``null control blood_group=O: nothing significant after FDR (passed)``.  For an
-        edit with significant regions the region with the largest mean difference is
-        named first.  Used by the report page, ``unveil report`` and ``unveil demo``.
+        Lines such as ``smoking=current: upper_lung -58 HU [-64, -52], calibrated q<0.001
+        (planted -60 HU, error 3%); also significant in 2 other region(s): lung,
+        right_lung`` and ``null control blood_group=O: nothing significant after FDR
+        (passed); largest |effect| 0.40 HU``.  For an edit with significant regions the
+        region with the largest mean difference is named first.  The permuted-label
+        controls share one line.  Used by the report page, ``unveil report`` and
+        ``unveil demo``.
     """
     return [text for _, text in _verdict_items(results)]
 
@@ -368,37 +487,50 @@ def _tests_table(rows: Sequence[Mapping[str, Any]]) -> str:
     by_region = {str(r.get("region")): r for r in rows}
     ordered = [by_region[g] for g in region_order(list(by_region))]
     header = [
-        "contrast",
         "region",
         "n",
         "mean HU [95% CI]",
-        "noise floor HU (mean &plusmn; SD)",
         "d<sub>z</sub>",
         "p",
         "q",
+        "calibrated p",
+        "calibrated q",
+        "MDE HU",
         "significant",
     ]
     cells, classes = [], []
     for r in ordered:
         sig = _truthy(r.get("significant"))
-        floor = f"{_fmt(r.get('floor_mean_hu'), 1)} &plusmn; {_fmt(r.get('floor_sd_hu'), 1)}"
         n = _num(r.get("n_subjects"))
         cells.append(
             [
-                esc(r.get("contrast")),
                 esc(r.get("region")),
                 f"{n:.0f}" if math.isfinite(n) else "n/a",
                 esc(fmt_hu(r.get("mean_diff_hu"), r.get("ci_low"), r.get("ci_high"))),
-                floor,
                 _fmt(r.get("effect_size_dz"), 2),
                 _fmt_pnum(r.get("p_value")),
                 _fmt_pnum(r.get("q_value")),
+                _fmt_pnum(r.get("p_calibrated")),
+                _fmt_pnum(r.get("q_calibrated")),
+                _fmt(r.get("mde_hu"), 1),
                 "<b>yes</b>" if sig else "no",
             ]
         )
         classes.append("sig" if sig else "")
     tests = sorted({str(r.get("test")) for r in rows if r.get("test")})
-    note = f'<p class="note">test: {esc(", ".join(tests))}</p>' if tests else ""
+    null = any(_truthy(r.get("null_control")) for r in rows)
+    rule = (
+        "negative control: significant on the raw q (FDR over the controls); its calibrated "
+        "p is leave-one-out, for display"
+        if null
+        else "significant on the calibrated q when the run has enough negative controls, "
+        "else on the raw q"
+    )
+    note = (
+        f'<p class="note">test of the per-subject effects against zero: '
+        f"{esc(', '.join(tests)) or 'n/a'}; {rule}; MDE: minimum detectable effect of the "
+        "noise floor (80% power).</p>"
+    )
     return _table(header, cells, classes) + note
 
 
@@ -414,12 +546,13 @@ def _recovery_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "error HU",
         "relative error",
         "sign right",
-        "within 30%",
+        "within tolerance",
     ]
     cells, classes = [], []
     for r in ordered:
         rel = _num(r.get("relative_error"))
-        ok = _truthy(r.get("sign_ok")) and _truthy(r.get("within_30pct"))
+        within = r.get("within_tolerance", r.get("within_30pct"))
+        ok = _truthy(r.get("sign_ok")) and _truthy(within)
         cells.append(
             [
                 esc(r.get("region")),
@@ -428,42 +561,63 @@ def _recovery_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 _fmt(r.get("error_hu"), 1),
                 f"{100 * abs(rel):.0f}%" if math.isfinite(rel) else "n/a",
                 "yes" if _truthy(r.get("sign_ok")) else "no",
-                "yes" if _truthy(r.get("within_30pct")) else "no",
+                "yes" if _truthy(within) else "no",
             ]
         )
         classes.append("" if ok else "warn")
-    return _table(header, cells, classes)
+    note = (
+        '<p class="note">Where nothing was planted, "sign right" and "within tolerance" '
+        "both mean that the recovered shift stays within the spill limit.</p>"
+    )
+    return _table(header, cells, classes) + note
 
 
-def _observed_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def _comparison_table(
+    cf_rows: Sequence[Mapping[str, Any]],
+    obs_rows: Sequence[Mapping[str, Any]],
+    adj_rows: Sequence[Mapping[str, Any]],
+) -> str:
+    """Counterfactual, raw and adjusted association side by side, one row per region."""
     from unveil.analysis.figures import region_order
 
-    by_region: dict[str, list[Mapping[str, Any]]] = {}
-    for r in rows:
-        by_region.setdefault(str(r.get("region")), []).append(r)
+    cf = {str(r.get("region")): r for r in cf_rows}
+    obs = {str(r.get("region")): r for r in obs_rows}
+    adj = {str(r.get("region")): r for r in adj_rows}
     header = [
         "region",
-        "group A (n)",
-        "group B (n)",
-        "mean HU A",
-        "mean HU B",
-        "A &minus; B [95% CI]",
+        "counterfactual (model) [95% CI]",
+        "raw association in the cohort [95% CI]",
+        "adjusted association [95% CI]",
     ]
     cells = []
-    for g in region_order(list(by_region)):
-        for r in by_region[g]:
-            cells.append(
-                [
-                    esc(g),
-                    _group(r.get("group_a"), r.get("n_a")),
-                    _group(r.get("group_b"), r.get("n_b")),
-                    _fmt(r.get("mean_hu_a"), 1),
-                    _fmt(r.get("mean_hu_b"), 1),
-                    esc(fmt_hu(r.get("diff_hu"), r.get("ci_low"), r.get("ci_high"))),
-                ]
-            )
-    methods = sorted({str(r.get("method")) for r in rows if r.get("method")})
-    note = f'<p class="note">{esc("; ".join(methods))}</p>' if methods else ""
+    for g in region_order(list(dict.fromkeys([*cf, *obs, *adj]))):
+        c, o, a = cf.get(g, {}), obs.get(g, {}), adj.get(g, {})
+        cells.append(
+            [
+                esc(g),
+                esc(fmt_hu(c.get("mean_diff_hu"), c.get("ci_low"), c.get("ci_high"))),
+                esc(fmt_hu(o.get("diff_hu"), o.get("ci_low"), o.get("ci_high"))),
+                esc(fmt_hu(a.get("diff_hu"), a.get("ci_low"), a.get("ci_high"))),
+            ]
+        )
+    notes = []
+    if obs_rows:
+        o = obs_rows[0]
+        groups = (
+            f"{_group(o.get('group_a'), o.get('n_a'))} against "
+            f"{_group(o.get('group_b'), o.get('n_b'))}"
+        )
+        method = str(o.get("method") or "")
+        notes.append(f"raw: {groups}; {esc(method)}")
+    if adj_rows:
+        a = adj_rows[0]
+        term_b = str(a.get("term_b") or "").strip()
+        if term_b and term_b != "nan":
+            terms = f"{esc(a.get('term_a'))} &minus; {esc(term_b)}"
+        else:
+            terms = f"slope of {esc(a.get('term_a'))} &times; {_fmt(a.get('scale'), 3)}"
+        notes.append(f"adjusted: {terms}; {esc(a.get('method'))}")
+    note = "".join(f'<p class="note">{n}</p>' for n in notes)
     return _table(header, cells) + note
 
 
@@ -595,22 +749,37 @@ def _asked(run: Mapping[str, Any], results: Mapping[str, Any]) -> str:
     fusion = model.get("fusion") or "unknown"
     ckpt = run.get("checkpoint")
     edits, nulls = _edits(results)
+    permuted = _permuted(results)
     seeds = list(run.get("seeds") or [])
     subjects = list(run.get("subjects") or [])
     window = run.get("hu_window") or [-1000, 500]
+    cal = _calibration(results)
+    rule = (
+        "calibrated q &lt; {a} (Benjamini&ndash;Hochberg, empirical null of the negative controls)"
+        if _truthy(cal.get("available"))
+        else "q &lt; {a} (Benjamini&ndash;Hochberg)"
+    ).format(a=esc(results.get("alpha", 0.05)))
+    plain = [e for e in nulls if e not in permuted]
     items = [
         ("edits", ", ".join(edits) or "none"),
-        ("null edits (negative controls)", ", ".join(nulls) or "none"),
+        ("null edits (negative controls)", ", ".join(plain) or "none"),
+        ("permuted-label controls", str(len(permuted)) if permuted else "none"),
         (
             "seeds per subject",
             f"{len(seeds)} ({', '.join(str(s) for s in seeds)})" if seeds else "unknown",
         ),
         ("subjects", str(len(subjects)) if subjects else "unknown"),
+        (
+            "noise",
+            "drawn per subject and seed"
+            if run.get("noise") == "per-subject"
+            else "shared across subjects (older run)",
+        ),
         ("model", f"{family}, fusion {fusion}"),
         ("checkpoint", Path(str(ckpt)).name if ckpt else "unknown"),
         ("cohort", str(run.get("cohort") or "unknown")),
         ("HU window", f"{window[0]} to {window[1]} HU"),
-        ("significance", f"q &lt; {esc(results.get('alpha', 0.05))} (Benjamini&ndash;Hochberg)"),
+        ("significance", rule),
     ]
     body = "".join(
         f"<dt>{esc(k)}</dt><dd>{v if k == 'significance' else esc(v)}</dd>" for k, v in items
@@ -630,6 +799,66 @@ def _notes(results: Mapping[str, Any]) -> str:
     )
 
 
+def _noise_section(results: Mapping[str, Any]) -> str:
+    """The noise floor per region and the empirical calibration, once for the run."""
+    from unveil.analysis.figures import region_order
+
+    parts = []
+    floor = {str(r.get("region")): r for r in results.get("noise_floor", [])}
+    if floor:
+        cells = []
+        for g in region_order(list(floor)):
+            r = floor[g]
+            n = _num(r.get("n_subjects"))
+            cells.append(
+                [
+                    esc(g),
+                    f"{n:.0f}" if math.isfinite(n) else "n/a",
+                    _fmt(r.get("floor_mean_hu"), 2),
+                    _fmt(r.get("floor_sd_hu"), 2),
+                    _fmt(r.get("seed_sd_hu"), 2),
+                    _fmt(r.get("mde_hu"), 2),
+                ]
+            )
+        parts.append(
+            "<h2>Noise floor</h2>"
+            "<p>Two generations under the same prompt with different noise: what a change of "
+            "seed alone produces. It is reported for scale, not used as the comparator (the "
+            "tests are against zero). The minimum detectable effect (MDE) is the smallest "
+            "mean shift a two-sided test over these subjects would find with 80% power.</p>"
+            + _table(
+                [
+                    "region",
+                    "n",
+                    "floor mean HU",
+                    "SD across subjects HU",
+                    "seed-to-seed SD HU",
+                    "MDE HU",
+                ],
+                cells,
+            )
+        )
+    cal = _calibration(results)
+    if cal:
+        if _truthy(cal.get("available")):
+            text = (
+                f"The negative controls ({esc(cal.get('n_controls'))} contrast(s), "
+                f"{esc(cal.get('n_rows'))} region rows) fit the model's systematic error as "
+                f"N(&mu;, &tau;&sup2;) with &mu; = {_fmt(cal.get('mu_hu'), 2)} HU and &tau; = "
+                f"{_fmt(cal.get('tau_hu'), 2)} HU. A real edit's calibrated p is "
+                "2&Phi;(&minus;|estimate &minus; &mu;| / &radic;(&tau;&sup2; + SE&sup2;)): "
+                "it must stand out from what an attribute without effect produces through "
+                "this model."
+            )
+        else:
+            text = (
+                f"Only {esc(cal.get('n_rows'))} negative-control row(s): too few to fit the "
+                "empirical null, so real edits are judged on the raw test against zero."
+            )
+        parts.append(f"<h2>Empirical calibration</h2><p>{text}</p>")
+    return "".join(parts)
+
+
 def _methods(run: Mapping[str, Any], results: Mapping[str, Any]) -> str:
     seeds = list(run.get("seeds") or [])
     offset = run.get("floor_seed_offset", 1000)
@@ -640,33 +869,43 @@ def _methods(run: Mapping[str, Any], results: Mapping[str, Any]) -> str:
     boot = f"{esc(n_boot)} bootstrap resamples" if n_boot else "bootstrap resampling"
     if settings.get("bootstrap"):
         boot += f" ({esc(settings['bootstrap'])})"
+    alpha = esc(results.get("alpha", 0.05))
     return (
         "<p>Each counterfactual pair is generated from the subject's own segmentation mask "
         "and the same noise, and differs only in the edited clinical field; "
-        f"{len(seeds) or 'several'} seed(s) per subject. The <b>noise floor</b> is the "
-        "difference between two generations under the same prompt with different noise "
-        f"(seed k and k+{esc(offset)}): what chance alone produces. A <b>null edit</b> "
-        "changes an attribute known to have no effect and is the negative control. For each "
-        "subject and region the difference is the mean over the region's voxels, averaged "
-        "over seeds. Cohort means carry 95% confidence intervals from "
-        f"{boot} over subjects. Each edit's per-subject differences are compared with the "
-        f"per-subject noise floor by a paired test ({esc(', '.join(tests)) or 'see table'}); "
-        "d<sub>z</sub> is the mean of the paired differences divided by their standard "
-        "deviation. P-values are corrected by Benjamini&ndash;Hochberg across all regions and "
-        f"edits (q); a region is significant when q &lt; {esc(results.get('alpha', 0.05))}. "
-        f"Images are shown in a fixed window of {esc(window[0])} to {esc(window[1])} HU, the "
-        "same for every subject, and differences in HU on a colour scale symmetric around 0. "
-        "The observed association compares regional mean HU of real scans between groups of "
-        "the cohort.</p>"
+        f"{len(seeds) or 'several'} seed(s) per subject. For each subject and region the "
+        "effect is the mean over the region's voxels of (counterfactual &minus; factual), "
+        "averaged over seeds; the subject is the unit. Cohort means carry 95% confidence "
+        f"intervals from {boot} over subjects. The per-subject effects are tested against "
+        f"zero ({esc(', '.join(tests)) or 'see table'}); d<sub>z</sub> is their mean over "
+        "their standard deviation. The <b>noise floor</b> (same prompt, noise of seed k and "
+        f"k+{esc(offset)}) is reported with the minimum detectable effect it implies, not "
+        "used as the comparator. <b>Negative controls</b> (null edits of attributes known to "
+        "have no effect, and permuted labels) give the empirical null: their estimates fit "
+        "the model's systematic error N(&mu;, &tau;&sup2;) by maximum likelihood, and each "
+        "real edit's calibrated p measures how far it stands from that null (Schuemie et al., "
+        "Stat Med 2014). P-values are corrected by Benjamini&ndash;Hochberg over the real "
+        "edits' regions (raw and calibrated separately) and over the controls' regions; a "
+        f"real edit's region is significant when its calibrated q &lt; {alpha} (raw q when "
+        "there are too few controls), a control's when its raw q is. The <b>spill</b> is "
+        "the effect in the lung outside the region where it is largest. Beside the "
+        "counterfactual stand the raw association in the real cohort (group means, or a "
+        "slope) and the association adjusted for every recorded attribute (least squares, "
+        "HC3 robust covariance). Images are shown in a fixed window of "
+        f"{esc(window[0])} to {esc(window[1])} HU, the same for every subject, and "
+        "differences in HU on a colour scale symmetric around 0.</p>"
     )
 
 
 _LIMITS = (
     "<p><b>Limitations.</b> A counterfactual shows what the model learned, not a causal "
     "effect in patients: a pattern that is absent from, or confounded in, the training data "
-    "can be missed or reproduced. Significance is measured against the model's own noise "
-    "floor, for this cohort and this checkpoint only; regions are defined from the masks, "
-    "and a small region or few subjects give wide intervals.</p>"
+    "can be missed or reproduced. Significance is measured against zero and calibrated on "
+    "this model's own negative controls, for this cohort and this checkpoint only; the "
+    "calibration is as good as the controls are representative of the real edits. The "
+    "adjusted association assumes that the recorded attributes act additively and that no "
+    "unrecorded one confounds. Regions are defined from the masks, and a small region or "
+    "few subjects give wide intervals.</p>"
 )
 
 
@@ -690,8 +929,10 @@ def _edit_section(
         obs_rows = [r for r in observed_all if str(r.get("contrast")) == edit]
     else:
         obs_rows = [r for r in observed_all if str(r.get("attribute")) == field]
+    adj_rows = [r for r in results.get("adjusted", []) if str(r.get("contrast")) == edit]
     if obs_rows:
         field = str(obs_rows[0].get("attribute") or field)
+    spec = next((r for r in results.get("specificity", []) if str(r.get("contrast")) == edit), None)
     window = tuple(run.get("hu_window") or (-1000, 500))
     parts = [f"<h2>{'null control: ' if null else ''}{esc(edit)}</h2>"]
     if rows:
@@ -699,27 +940,42 @@ def _edit_section(
             _figure(
                 _img(figures.region_bars(rows, edit, rec_rows), "image/png", f"region bars {edit}"),
                 "Mean difference counterfactual &minus; factual per region with 95% CI (bars), "
-                "the noise floor (grey band: mean &plusmn; SD across subjects), significant "
-                "regions after FDR in red with their q"
+                "the noise floor for scale (grey band: mean &plusmn; SD across subjects), "
+                "significant regions in red with the q that decided them"
                 + (", planted shift as a black diamond." if rec_rows else "."),
             )
         )
-        counterfactual = "<h3>Counterfactual: table of tests</h3>" + _tests_table(rows)
+        parts.append("<h3>Counterfactual: tests against zero</h3>" + _tests_table(rows))
     else:
-        counterfactual = "<p>No statistics for this edit in the analysis.</p>"
-    if obs_rows:
-        observed = (
-            f"<h3>Observed in the real cohort: {esc(field)}</h3>"
-            '<p class="caution">Association between groups of real patients: other '
-            "attributes can confound it (smokers are older, for instance); the "
-            "counterfactual changes this attribute alone.</p>" + _observed_table(obs_rows)
+        parts.append("<p>No statistics for this edit in the analysis.</p>")
+    if spec is not None and spec.get("peak_region") not in (None, "", "nan"):
+        frac = _num(spec.get("spill_fraction"))
+        parts.append(
+            "<h3>Specificity</h3>"
+            f"<p>Largest in <b>{esc(spec.get('peak_region'))}</b> "
+            f"{esc(fmt_hu(spec.get('peak_hu'), spec.get('peak_ci_low'), spec.get('peak_ci_high')))}; "
+            "in the rest of the lung "
+            f"{esc(fmt_hu(spec.get('spill_hu'), spec.get('spill_ci_low'), spec.get('spill_ci_high')))}"
+            + (f" (spill {100 * frac:.0f}% of the peak)" if math.isfinite(frac) else "")
+            + "; in the airway "
+            f"{esc(fmt_hu(spec.get('airway_hu'), spec.get('airway_ci_low'), spec.get('airway_ci_high')))}."
+            "</p>"
+        )
+    if obs_rows or adj_rows:
+        parts.append(
+            f"<h3>Counterfactual, observed and adjusted association: {esc(field)}</h3>"
+            '<p class="caution">The raw association compares groups of real patients, and '
+            "other attributes can confound it (smokers are older, for instance); the adjusted "
+            "one holds every other recorded attribute fixed in a linear model; the "
+            "counterfactual changes this attribute alone, in the model.</p>"
+            + _comparison_table(rows, obs_rows, adj_rows)
         )
     else:
-        observed = (
+        parts.append(
             f"<h3>Observed in the real cohort: {esc(field)}</h3>"
-            "<p class='note'>No observed association was computed for this attribute.</p>"
+            "<p class='note'>No association in the real cohort was computed for this "
+            "contrast.</p>"
         )
-    parts.append(f'<div class="pair"><div>{counterfactual}</div><div>{observed}</div></div>')
     if rec_rows:
         parts.append("<h3>Planted against recovered</h3>" + _recovery_table(rec_rows))
 
@@ -832,24 +1088,32 @@ def render_report(run_root: str | os.PathLike, subjects_shown: int = 2) -> str:
         f'<p class="sub">run {esc(root.resolve().name)}</p>',
         f'<div class="verdict"><h2 style="margin-top:.2rem;border:0">Verdict</h2><ul>{verdict}</ul>'
         '<p class="note">Differences are counterfactual &minus; factual in HU, mean over '
-        "subjects [95% CI]; q is the false-discovery-rate-corrected p-value.</p>"
+        "subjects [95% CI]; q is the false-discovery-rate-corrected p-value, calibrated q "
+        "the same after calibration on the negative controls.</p>"
         f"{_notes(results)}</div>",
         "<h2>What was asked</h2>",
         _asked(run, results),
     ]
+    body.append(_noise_section(results))
     for e in edits:
         body.append(_edit_section(e, False, results, run, root, subjects_shown))
+    permuted = _permuted(results)
     for e in nulls:
-        body.append(_edit_section(e, True, results, run, root, subjects_shown))
+        # A permuted-label control's slices show only noise; its table is what matters.
+        shown = 0 if e in permuted else subjects_shown
+        body.append(_edit_section(e, True, results, run, root, shown))
     rec = [r for r in results.get("recovery", []) if math.isfinite(_num(r.get("planted_hu")))]
     if rec:
+        settings = results.get("settings") if isinstance(results.get("settings"), Mapping) else {}
+        tol = _num(settings.get("recovery_tolerance"))
+        tol = tol if math.isfinite(tol) and tol > 0 else 0.30
         body.append("<h2>Planted against recovered, all edits</h2>")
         body.append(
             _figure(
-                _img(figures.recovery_plot(rec), "image/png", "planted vs recovered"),
+                _img(figures.recovery_plot(rec, tol), "image/png", "planted vs recovered"),
                 "Each point is one edit and region: planted shift (x) against the recovered "
                 "mean difference with its 95% CI (y); on the diagonal the tool recovers exactly; "
-                "grey band: within 30% of the planted size.",
+                f"grey band: within {100 * tol:.0f}% of the planted size.",
             )
         )
     body.append("<h2>Methods</h2>")

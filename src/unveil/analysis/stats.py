@@ -5,23 +5,37 @@ The unit of replication is the *subject*: every function here takes one value pe
 voxels of one scan are strongly correlated and counting them as independent would make any
 difference look significant.
 
+What is here (``docs/statistics.md`` explains how ``unveil analyze`` uses it):
+
+- :func:`one_sample_test`, :func:`effect_size_dz`, :func:`standard_error`,
+  :func:`bootstrap_ci`: the per-subject effects (edited - factual) against zero;
+- :func:`minimum_detectable_effect`: what the noise floor lets one detect;
+- :func:`fit_systematic_error` and :func:`calibrated_p`: the empirical null fitted to the
+  negative controls (Schuemie et al., Stat Med 2014) and p-values calibrated on it;
+- :func:`specificity`: the peak region of an effect and its spill outside it;
+- :func:`design_matrix` and :func:`ols_hc3_contrasts`: the association in the real cohort
+  adjusted for every recorded attribute (statsmodels OLS, HC3 covariance);
+- :func:`two_group_difference`, :func:`slope_with_ci`: the raw association;
+- :func:`benjamini_hochberg`: false-discovery-rate correction.
+
 Randomness is injected: every resampling function takes a :class:`numpy.random.Generator`.
-scipy does the work wherever it has the method (``bootstrap``, ``wilcoxon``, ``ttest_rel``,
-``false_discovery_control``); the wrappers only add what scipy leaves to the caller:
-degenerate inputs (fewer than two subjects, all values equal, all differences zero) give
-defined numbers without NaN warnings, as documented on each function.
+scipy and statsmodels do the work wherever they have the method (``bootstrap``,
+``wilcoxon``, ``ttest_1samp``, ``false_discovery_control``, ``OLS``); the wrappers add
+what they leave to the caller: degenerate inputs (fewer than two subjects, all values
+equal, all differences zero) give defined numbers without NaN warnings, as documented on
+each function.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
-#: Paired tests offered by :func:`paired_test`.
+#: Tests offered by :func:`one_sample_test`.
 TESTS: tuple[str, ...] = ("wilcoxon", "t")
 
 BootMethod = Literal["BCa", "percentile", "basic"]
@@ -98,38 +112,26 @@ def bootstrap_ci(
     return (lo, hi)
 
 
-def _paired(
-    effect: Sequence[float] | np.ndarray, floor: Sequence[float] | np.ndarray
-) -> np.ndarray:
-    """Per-subject differences ``effect - floor`` over subjects where both are finite."""
-    e = np.asarray(effect, dtype=np.float64).ravel()
-    f = np.asarray(floor, dtype=np.float64).ravel()
-    if e.shape != f.shape:
-        raise ValueError(f"effect {e.shape} and floor {f.shape} must hold one value per subject")
-    keep = np.isfinite(e) & np.isfinite(f)
-    return e[keep] - f[keep]
-
-
-def paired_test(
-    effect: Sequence[float] | np.ndarray,
-    floor: Sequence[float] | np.ndarray,
+def one_sample_test(
+    values: Sequence[float] | np.ndarray,
     test: str = "wilcoxon",
     margin: float = 0.0,
 ) -> tuple[float, float, str]:
-    """Two-sided paired test of per-subject effects against per-subject noise floors.
+    """Two-sided test of per-subject effects against zero.
+
+    ``values[i]`` is subject ``i``'s regional mean of (edited - factual), averaged over its
+    seeds.  Edited and factual volumes of a (subject, seed) share their noise, so under the
+    null hypothesis that the edit changes nothing the per-subject effects are centred on
+    zero: zero is the comparator, not the noise floor (a floor that is biased, e.g. a
+    generator whose second seed is brighter, would make every edit look significant).
 
     With ``margin > 0`` (a minimum effect of interest, in HU) the null hypothesis becomes
-    ``|shift| <= margin``: the differences are moved towards zero by ``margin`` in the
-    direction of their median and tested one-sided in that direction, and the p-value is
-    doubled (either direction could have been picked).  A generator whose two seeds differ
-    by a fraction of a HU makes the plain test declare any systematic sub-HU change
-    significant; the margin asks whether the change is large enough to matter (CT number
-    accuracy is a few HU), which is what a reader of a density claim needs.
-
-    ``effect[i]`` is subject ``i``'s regional mean of (edited - factual) and ``floor[i]``
-    its regional mean of (floor - factual), both averaged over seeds.  Under the null
-    hypothesis that the edit changes nothing beyond what a change of noise seed does, the
-    differences ``effect - floor`` are centred on zero.
+    ``|shift| <= margin``: the values are moved towards zero by ``margin`` in the direction
+    of their median and tested one-sided in that direction, and the p-value is doubled
+    (either direction could have been picked).  A generator that moves every subject by a
+    fraction of a HU makes the plain test declare that sub-HU change significant; the
+    margin asks whether the change is large enough to matter (CT number accuracy is a few
+    HU).
 
     Why Wilcoxon by default: with the few subjects a counterfactual study can afford, the
     normality the t test needs cannot be checked, and one odd subject (a failed generation)
@@ -140,24 +142,24 @@ def paired_test(
     the data are known to be near normal).
 
     Args:
-        effect: shape ``(N,)``; floor: shape ``(N,)``.  Pairs with a non-finite member are
-            dropped.
-        test: ``"wilcoxon"`` (signed-rank, zero differences dropped) or ``"t"`` (paired t).
+        values: one value per subject, shape ``(N,)``; non-finite entries are dropped.
+        test: ``"wilcoxon"`` (signed-rank, zero values dropped) or ``"t"`` (one-sample t).
+        margin: minimum effect of interest in HU, ``>= 0``.
 
     Returns:
-        ``(statistic, p_value, test_name)``.  When every difference is zero, or fewer than
-        two pairs remain, there is no evidence of an effect: ``(0.0, 1.0, name)`` (not
-        NaN, so FDR correction stays defined).  A t test on differences that are all equal
-        but non-zero has infinite statistic and ``p = 0``.
+        ``(statistic, p_value, test_name)``.  When every value is zero, or fewer than two
+        remain, there is no evidence of an effect: ``(0.0, 1.0, name)`` (not NaN, so FDR
+        correction stays defined).  A t test on values that are all equal but non-zero has
+        infinite statistic and ``p = 0``.
     """
     from scipy import stats
 
     if test not in TESTS:
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
-    name = "wilcoxon signed-rank" if test == "wilcoxon" else "paired t"
-    d = _paired(effect, floor)
     if margin < 0:
         raise ValueError(f"margin must be >= 0 HU, got {margin}")
+    name = "wilcoxon signed-rank" if test == "wilcoxon" else "one-sample t"
+    d = _finite(values)
     if margin > 0 and d.size >= 2:
         direction = 1.0 if float(np.median(d)) >= 0 else -1.0
         shifted = d - direction * margin
@@ -166,6 +168,14 @@ def paired_test(
         alt = "greater" if direction > 0 else "less"
         if test == "wilcoxon":
             res = stats.wilcoxon(shifted, zero_method="wilcox", alternative=alt)
+        elif np.ptp(shifted) == 0.0:
+            # constant values: zero variance; certain if on the tested side, else no evidence
+            on_side = float(shifted[0]) * direction > 0
+            return (
+                math.copysign(math.inf, float(shifted[0])),
+                0.0 if on_side else 1.0,
+                name + f" (margin {margin:g} HU)",
+            )
         else:
             res = stats.ttest_1samp(shifted, 0.0, alternative=alt)
         p = float(res.pvalue)
@@ -178,32 +188,31 @@ def paired_test(
     if d.size < 2 or nz.size == 0:
         return (0.0, 1.0, name)
     if test == "wilcoxon":
-        # zero differences carry no sign; 'wilcox' drops them (scipy's default), which is
-        # the textbook signed-rank test.
+        # zero values carry no sign; 'wilcox' drops them (scipy's default), which is the
+        # textbook signed-rank test.
         res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
         return (float(res.statistic), float(res.pvalue), name)
     if np.ptp(d) == 0.0:
-        # constant non-zero differences: zero variance, a certain shift.
+        # constant non-zero values: zero variance, a certain shift.
         return (math.copysign(math.inf, float(d[0])), 0.0, name)
-    res = stats.ttest_1samp(d, 0.0)  # identical to ttest_rel(effect, floor) on the pairs
+    res = stats.ttest_1samp(d, 0.0)
     return (float(res.statistic), float(res.pvalue), name)
 
 
-def effect_size_dz(
-    effect: Sequence[float] | np.ndarray, floor: Sequence[float] | np.ndarray
-) -> float:
-    """Cohen's ``d_z``: mean of the paired differences over their SD (``ddof=1``).
+def effect_size_dz(values: Sequence[float] | np.ndarray) -> float:
+    """Cohen's ``d_z`` of per-subject effects: their mean over their SD (``ddof=1``).
 
     Args:
-        effect, floor: one value per subject, shape ``(N,)`` each.
+        values: one value per subject (edited - factual, mean over seeds), shape ``(N,)``;
+            non-finite entries are dropped.
 
     Returns:
-        ``mean(d) / sd(d)`` with ``d = effect - floor``.  Fewer than two pairs: NaN (no SD).
-        Zero SD: ``0.0`` when the mean is zero too (nothing happens), otherwise ``±inf``
-        (a perfectly consistent shift; the sign is the shift's).  Reports show ``inf``;
-        JSON writers turn non-finite values into ``null``.
+        ``mean / sd``.  Fewer than two values: NaN (no SD).  Zero SD: ``0.0`` when the mean
+        is zero too (nothing happens), otherwise ``±inf`` (a perfectly consistent shift; the
+        sign is the shift's).  Reports show ``inf``; JSON writers turn non-finite values
+        into ``null``.
     """
-    d = _paired(effect, floor)
+    d = _finite(values)
     if d.size < 2:
         return math.nan
     mean = float(d.mean())
@@ -211,6 +220,238 @@ def effect_size_dz(
     if sd == 0.0:
         return 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
     return mean / sd
+
+
+def standard_error(values: Sequence[float] | np.ndarray) -> float:
+    """Standard error of the mean over subjects, ``SD (ddof=1) / sqrt(n)``; NaN below n=2."""
+    d = _finite(values)
+    if d.size < 2:
+        return math.nan
+    return float(d.std(ddof=1) / math.sqrt(d.size))
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest mean shift a two-sided test over ``n`` subjects detects with ``power``.
+
+    Normal approximation: ``(z_{1-alpha/2} + z_{power}) * sd / sqrt(n)``, where ``sd`` is the
+    SD across subjects of the quantity tested (here the per-subject noise floor, which is
+    what a per-subject effect varies by when the edit does nothing).  It ignores the
+    multiple-testing correction and the small-sample t/Wilcoxon penalty, so it is a lower
+    bound: effects below it are unlikely to be found, effects somewhat above it may still
+    be missed.
+
+    Returns:
+        The MDE in the unit of ``sd``; NaN when ``sd`` is not finite or ``n < 2``.
+    """
+    from scipy import stats
+
+    if not math.isfinite(sd) or n < 2:
+        return math.nan
+    z = float(stats.norm.ppf(1.0 - alpha / 2.0) + stats.norm.ppf(power))
+    return z * float(sd) / math.sqrt(n)
+
+
+# ----------------------------------------------------------------- empirical calibration
+
+#: Smallest standard error (HU) used in the calibration likelihood.  A control whose
+#: subjects all gave the same value has SE 0, and with tau = 0 its likelihood would be
+#: infinite; a thousandth of a HU is far below any difference a CT can show.
+MIN_SE = 1e-3
+
+
+def _profile_mu(y: np.ndarray, s2: np.ndarray, tau: float) -> float:
+    w = 1.0 / (tau * tau + s2)
+    return float(np.sum(w * y) / np.sum(w))
+
+
+def _neg_loglik(y: np.ndarray, s2: np.ndarray, mu: float, tau: float) -> float:
+    v = tau * tau + s2
+    return 0.5 * float(np.sum(np.log(v) + (y - mu) ** 2 / v))
+
+
+def fit_systematic_error(
+    estimates: Sequence[float] | np.ndarray, standard_errors: Sequence[float] | np.ndarray
+) -> tuple[float, float]:
+    """Maximum-likelihood fit of the systematic-error distribution ``N(mu, tau^2)``.
+
+    Each negative control ``i`` (an edit that should change nothing) gives an estimate
+    ``y_i`` with standard error ``s_i``; its true value is not zero but a draw of the
+    model's systematic error, ``theta_i ~ N(mu, tau^2)``, so ``y_i ~ N(mu, tau^2 + s_i^2)``
+    (the empirical null of Schuemie et al., "Interpreting observational studies: why
+    empirical calibration is needed to correct p-values", Stat Med 2014;33:209-218).
+
+    The likelihood is maximised by profiling: for a fixed ``tau`` the best ``mu`` is the
+    weighted mean with weights ``1 / (tau^2 + s_i^2)``, leaving one parameter, which is
+    searched on a grid (the profile need not be unimodal) and refined with
+    ``scipy.optimize.minimize_scalar`` around the best grid point; ``tau = 0`` is allowed.
+    Written here because no well-kept Python library ships this fit (Schuemie's
+    EmpiricalCalibration is an R package), and it is a few lines.
+
+    Args:
+        estimates: one estimate per control, shape ``(K,)``.
+        standard_errors: their standard errors, shape ``(K,)``; values below
+            :data:`MIN_SE` are raised to it.  Pairs with a non-finite member are dropped.
+
+    Returns:
+        ``(mu, tau)``; ``(nan, nan)`` when fewer than two controls remain.
+    """
+    from scipy import optimize
+
+    y = np.asarray(estimates, dtype=np.float64).ravel()
+    s = np.asarray(standard_errors, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"estimates {y.shape} and standard errors {s.shape} must match")
+    keep = np.isfinite(y) & np.isfinite(s)
+    y, s = y[keep], np.maximum(s[keep], MIN_SE)
+    if y.size < 2:
+        return (math.nan, math.nan)
+    s2 = s * s
+
+    def profile(tau: float) -> float:
+        return _neg_loglik(y, s2, _profile_mu(y, s2, tau), tau)
+
+    # tau cannot usefully exceed the spread of the estimates by much: beyond it the
+    # likelihood only falls.
+    top = 2.0 * float(max(np.ptp(y), np.max(s), MIN_SE))
+    grid = np.concatenate([[0.0], np.geomspace(MIN_SE, top, 60)])
+    values = np.array([profile(t) for t in grid])
+    best = int(np.argmin(values))
+    tau = float(grid[best])
+    lo, hi = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, grid.size - 1)])
+    if hi > lo:
+        res = optimize.minimize_scalar(
+            profile, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6 * top}
+        )
+        if res.success and float(res.fun) < values[best]:
+            tau = float(res.x)
+    return (_profile_mu(y, s2, tau), tau)
+
+
+def calibrated_p(
+    estimate: float,
+    se: float,
+    mu: float,
+    tau: float,
+    margin: float = 0.0,
+    df: float | None = None,
+) -> float:
+    """Two-sided p-value of an estimate against the empirical null ``N(mu, tau^2)``.
+
+    ``p = 2 * Phi(-|estimate - mu| / sqrt(tau^2 + se^2))``: the estimate is judged against
+    what the negative controls show the model produces for an attribute without effect
+    (its systematic error ``mu`` and the spread ``tau`` of that error), plus its own
+    sampling error.  With ``margin > 0`` the distance to ``mu`` is first reduced by the
+    margin (the null becomes ``|shift - mu| <= margin``, as in :func:`one_sample_test`),
+    and the one-sided tail is doubled.
+
+    With ``df`` (the estimate's degrees of freedom, ``n - 1`` for a mean over ``n``
+    subjects) Student's t replaces the normal: Schuemie's normal formula was made for
+    large observational samples, and with the ten or thirty subjects of a counterfactual
+    study an SE estimated from the data makes it too liberal (with ``tau = 0`` and
+    ``mu = 0`` it would be a z test on an estimated SE, more often "significant" than the
+    one-sample t test).  With ``df`` the calibration reduces to that t test when the
+    controls show no systematic error, and tends to the normal formula as ``n`` grows.
+
+    Returns:
+        The calibrated p in ``[0, 1]``; NaN when any input is not finite.  A zero
+        denominator gives 1 when the estimate sits on ``mu`` (within the margin), else 0.
+    """
+    from scipy import stats
+
+    if not all(math.isfinite(v) for v in (estimate, se, mu, tau)):
+        return math.nan
+    dist = max(abs(estimate - mu) - margin, 0.0)
+    scale = math.sqrt(tau * tau + se * se)
+    if scale == 0.0:
+        return 1.0 if dist == 0.0 else 0.0
+    z = dist / scale
+    tail = stats.t.sf(z, df) if df is not None and df >= 1 else stats.norm.sf(z)
+    return float(min(1.0, 2.0 * tail))
+
+
+# ----------------------------------------------------------------- specificity
+
+
+def specificity(
+    effects: Mapping[str, Sequence[float] | np.ndarray],
+    n_voxels: Mapping[str, Sequence[float] | np.ndarray],
+    candidates: Sequence[str],
+    rng: np.random.Generator,
+    n_boot: int = 2000,
+    lung: str = "lung",
+    airway: str = "airway",
+) -> dict[str, Any]:
+    """Where an effect is largest, and how much of it appears elsewhere (its spill).
+
+    The peak is the candidate region whose cohort mean effect is largest in absolute
+    value.  The spill is the effect in the lung *outside* the peak region, per subject
+    from the region means and voxel counts (the lung mean is the voxel-weighted mean of
+    peak and rest)::
+
+        spill_s = (n_lung * m_lung - n_peak * m_peak) / (n_lung - n_peak)
+
+    then averaged over subjects with a bootstrap CI.  The airway (outside the lungs) is
+    reported alongside.  A specific effect has ``|spill| << |peak|``.
+
+    Args:
+        effects: ``{region: per-subject effect (N,)}``, HU; it must hold ``lung`` and the
+            candidates (``airway`` is optional).
+        n_voxels: ``{region: per-subject voxel count (N,)}`` for ``lung`` and the
+            candidates.
+        candidates: the lung partitions among which the peak is sought.
+        rng: bootstrap generator (used for the three intervals in turn).
+
+    Returns:
+        ``peak_region, peak_hu, peak_ci_low, peak_ci_high, spill_hu, spill_ci_low,
+        spill_ci_high, spill_fraction (|spill| / |peak|), airway_hu, airway_ci_low,
+        airway_ci_high, n_subjects`` (subjects with a finite spill).  No candidate with a
+        finite effect: the peak is None and every number NaN.
+    """
+    nan = math.nan
+    out: dict[str, Any] = {
+        "peak_region": None,
+        "peak_hu": nan,
+        "peak_ci_low": nan,
+        "peak_ci_high": nan,
+        "spill_hu": nan,
+        "spill_ci_low": nan,
+        "spill_ci_high": nan,
+        "spill_fraction": nan,
+        "airway_hu": nan,
+        "airway_ci_low": nan,
+        "airway_ci_high": nan,
+        "n_subjects": 0,
+    }
+    means = {}
+    for r in candidates:
+        v = _finite(effects.get(r, ()))
+        if v.size:
+            means[r] = float(v.mean())
+    if means and lung in effects:
+        peak = max(means, key=lambda r: abs(means[r]))
+        pv = np.asarray(effects[peak], dtype=np.float64)
+        out["peak_region"] = peak
+        out["peak_hu"] = means[peak]
+        out["peak_ci_low"], out["peak_ci_high"] = bootstrap_ci(pv, rng, n_boot)
+        n_l = np.asarray(n_voxels[lung], dtype=np.float64)
+        n_p = np.asarray(n_voxels[peak], dtype=np.float64)
+        m_l = np.asarray(effects[lung], dtype=np.float64)
+        rest = n_l - n_p
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spill = np.where(rest > 0, (n_l * m_l - n_p * pv) / np.where(rest > 0, rest, 1), nan)
+        spill = _finite(spill)
+        out["n_subjects"] = int(spill.size)
+        if spill.size:
+            out["spill_hu"] = float(spill.mean())
+            out["spill_ci_low"], out["spill_ci_high"] = bootstrap_ci(spill, rng, n_boot)
+            if means[peak] != 0.0:
+                out["spill_fraction"] = abs(out["spill_hu"]) / abs(means[peak])
+    if airway in effects:
+        av = _finite(effects[airway])
+        if av.size:
+            out["airway_hu"] = float(av.mean())
+            out["airway_ci_low"], out["airway_ci_high"] = bootstrap_ci(av, rng, n_boot)
+    return out
 
 
 def benjamini_hochberg(p: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -342,3 +583,238 @@ def _scipy_ci(data, stat, rng, n_boot, level, method, paired) -> tuple[float, fl
             if math.isfinite(lo) and math.isfinite(hi):
                 break
     return (lo, hi)
+
+
+# ----------------------------------------------------------------- adjusted association
+
+#: Name of the level that stands for a missing category, and the suffix of the missing
+#: indicator of a number.
+MISSING_LEVEL = "missing"
+#: Pool of category levels recorded for fewer than two subjects.
+OTHER_LEVEL = "other"
+
+
+def level_name(value: Any) -> str:
+    """The level a clinical value falls in: numbers as ``%g`` (``1``, ``1.0`` and ``"1"`` are
+    one level), other values as stripped text."""
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        return str(value).strip()
+    return f"{x:g}" if math.isfinite(x) else str(value).strip()
+
+
+def _as_number(value: Any) -> float:
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float | np.floating) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def design_matrix(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    numeric: Mapping[str, bool] | None = None,
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """The regression design of a clinical table: every attribute, missing values coded.
+
+    Numbers enter as they are; a number's missing values are filled with the column mean
+    and flagged by an indicator column ``col[missing]`` (so a subject without the value is
+    neither dropped nor pretended typical).  Categories are one-hot coded against their
+    most frequent level (ties: the first in sorted order), with missing values as a level
+    of their own, ``col[missing]``.  Levels recorded for fewer than two subjects are
+    pooled into ``col[other]`` (and that pool into the reference when it is still a single
+    subject): a dummy with one subject has leverage 1, where the HC3 covariance is
+    undefined.  This also removes free-text and date columns, whose values are all
+    distinct.  Indicators with fewer than two subjects on either side, and constant
+    columns, are dropped.
+
+    Args:
+        rows: one mapping (column -> value) per subject.
+        columns: the attributes to use, in order (the id column left out).
+        numeric: per column, whether it holds numbers; a column not named is numeric when
+            every recorded value reads as a number.
+
+    Returns:
+        ``(X, info)``: ``X`` a pandas DataFrame with a ``const`` column first, one row per
+        subject; ``info[col]`` with ``kind`` (``number``, ``category`` or ``dropped``),
+        ``terms`` (the X columns of this attribute), ``reference`` (the reference level of
+        a category), ``levels`` (level -> X column, the reference mapped to None),
+        ``counts`` (level -> subjects) and ``mean`` (a number's mean over recorded values).
+    """
+    import pandas as pd
+
+    n = len(rows)
+    data: dict[str, np.ndarray] = {"const": np.ones(n)}
+    info: dict[str, dict[str, Any]] = {}
+
+    def usable(v: np.ndarray) -> bool:
+        if np.ptp(v) == 0.0:
+            return False
+        binary = np.isin(v, (0.0, 1.0)).all()
+        return not binary or 2 <= int(v.sum()) <= n - 2
+
+    for col in columns:
+        raw = [r.get(col) for r in rows]
+        missing = np.array([_is_missing(v) for v in raw])
+        recorded = [v for v, m in zip(raw, missing, strict=True) if not m]
+        is_num = (
+            bool(numeric[col])
+            if numeric is not None and col in numeric
+            else bool(recorded) and all(math.isfinite(_as_number(v)) for v in recorded)
+        )
+        entry: dict[str, Any] = {"kind": "dropped", "terms": [], "reference": None, "levels": {}}
+        info[col] = entry
+        if not recorded:
+            continue
+        if is_num:
+            x = np.array([_as_number(v) for v in raw])
+            miss = ~np.isfinite(x)
+            if miss.all():
+                continue
+            mean = float(x[~miss].mean())
+            entry["mean"] = mean
+            x = np.where(miss, mean, x)
+            terms = []
+            if usable(x):
+                data[col] = x
+                terms.append(col)
+            ind = miss.astype(np.float64)
+            if miss.any() and usable(ind):
+                data[f"{col}[{MISSING_LEVEL}]"] = ind
+                terms.append(f"{col}[{MISSING_LEVEL}]")
+            if terms:
+                entry.update(kind="number", terms=terms)
+            continue
+        levels = [MISSING_LEVEL if m else level_name(v) for v, m in zip(raw, missing, strict=True)]
+        counts: dict[str, int] = {}
+        for lv in levels:
+            counts[lv] = counts.get(lv, 0) + 1
+        rare = {lv for lv, c in counts.items() if c < 2}
+        if rare:
+            levels = [OTHER_LEVEL if lv in rare else lv for lv in levels]
+            counts = {}
+            for lv in levels:
+                counts[lv] = counts.get(lv, 0) + 1
+        reference = sorted(counts, key=lambda lv: (-counts[lv], lv))[0]
+        if counts.get(OTHER_LEVEL, 2) < 2:
+            levels = [reference if lv == OTHER_LEVEL else lv for lv in levels]
+            counts.pop(OTHER_LEVEL)
+        arr = np.array(levels, dtype=object)
+        mapping: dict[str, str | None] = {reference: None}
+        for lv in sorted(counts):
+            if lv == reference:
+                continue
+            d = (arr == lv).astype(np.float64)
+            if usable(d):
+                name = f"{col}[{lv}]"
+                data[name] = d
+                mapping[lv] = name
+        entry["reference"] = reference
+        entry["levels"] = mapping
+        entry["counts"] = {lv: int(np.sum(arr == lv)) for lv in mapping}
+        entry["pooled"] = sorted(rare)
+        terms = [t for t in mapping.values() if t is not None]
+        if terms:
+            entry.update(kind="category", terms=terms)
+    return pd.DataFrame(data), info
+
+
+def ols_hc3_contrasts(
+    X: Any,
+    y: Sequence[float] | np.ndarray,
+    contrasts: Mapping[str, Mapping[str, float]],
+    level: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """OLS of ``y`` on ``X`` with HC3 robust covariance, and linear contrasts of its terms.
+
+    HC3 (MacKinnon and White 1985; statsmodels ``cov_type="HC3"``) does not assume equal
+    residual variance across subjects, and is the heteroscedasticity-consistent estimator
+    that behaves best in small samples.  Subjects with a non-finite ``y`` are dropped, and
+    columns other than ``const`` that become constant over the remaining subjects with
+    them.
+
+    Args:
+        X: pandas DataFrame (subjects x terms) with a ``const`` column, from
+            :func:`design_matrix`.
+        y: the response, one value per row of ``X``.
+        contrasts: ``{name: {term: weight}}``; the estimate is ``sum(weight * coef)``.
+
+    Returns:
+        ``{name: {estimate, se, ci_low, ci_high, p_value, n, n_parameters}}`` with a
+        normal-theory interval and two-sided p (the robust covariance is asymptotic).  A
+        contrast naming a term not in the fit, or not estimable (outside the row space of
+        ``X``, e.g. aliased with another attribute), or a fit with no residual degree of
+        freedom, gives NaN numbers.
+    """
+    import statsmodels.api as sm
+    from scipy import stats
+    from statsmodels.tools.sm_exceptions import SingularMatrixWarning
+
+    ya = np.asarray(y, dtype=np.float64).ravel()
+    keep = np.isfinite(ya)
+    Xk = X.loc[keep]
+    cols = [c for c in Xk.columns if c == "const" or np.ptp(Xk[c].to_numpy()) > 0]
+    Xk = Xk[cols]
+    n, k = Xk.shape
+    nan = math.nan
+    empty = {"estimate": nan, "se": nan, "ci_low": nan, "ci_high": nan, "p_value": nan}
+    out: dict[str, dict[str, float]] = {}
+    rank = int(np.linalg.matrix_rank(Xk.to_numpy())) if n else 0
+    if n == 0 or n <= rank:
+        return {name: {**empty, "n": n, "n_parameters": rank} for name in contrasts}
+    with warnings.catch_warnings():
+        # A leverage of 1 (a subject alone in its cell) makes HC3 divide by zero; the
+        # resulting NaN is reported as an undefined interval.  A rank-deficient design
+        # (pack-years missing exactly for never-smokers) is expected in clinical tables:
+        # each contrast's estimability is checked below instead of warning for the fit.
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        warnings.simplefilter("ignore", category=SingularMatrixWarning)
+        fit = sm.OLS(ya[keep], Xk).fit(cov_type="HC3")
+        params = np.asarray(fit.params, dtype=np.float64)
+        cov = np.asarray(fit.cov_params(), dtype=np.float64)
+    xm = Xk.to_numpy()
+    proj = np.linalg.pinv(xm) @ xm  # projection onto the row space of X
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    for name, weights in contrasts.items():
+        if not weights or any(t not in cols for t in weights):
+            out[name] = {**empty, "n": n, "n_parameters": rank}
+            continue
+        c = np.zeros(k)
+        for t, w in weights.items():
+            c[cols.index(t)] += float(w)
+        if np.linalg.norm(proj @ c - c) > 1e-8 * max(1.0, float(np.linalg.norm(c))):
+            out[name] = {**empty, "n": n, "n_parameters": rank}
+            continue
+        est = float(c @ params)
+        var = float(c @ cov @ c)
+        se = math.sqrt(var) if math.isfinite(var) and var >= 0 else nan
+        if math.isfinite(se) and se > 0:
+            p = float(2.0 * stats.norm.sf(abs(est) / se))
+        elif se == 0.0:
+            p = 1.0 if est == 0.0 else 0.0
+        else:
+            p = nan
+        out[name] = {
+            "estimate": est,
+            "se": se,
+            "ci_low": est - z * se,
+            "ci_high": est + z * se,
+            "p_value": p,
+            "n": n,
+            "n_parameters": rank,
+        }
+    return out

@@ -16,10 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="write one self-contained HTML page of an analysed counterfactual run",
         description=(
-            "Write RUN/report.html: the verdict, per-region bar charts and tables of tests, "
-            "planted against recovered effects, the association observed in the real cohort, "
-            "and factual / counterfactual / difference slices with an animated GIF. The page "
-            "opens with no network. Run `unveil analyze RUN` first."
+            "Write RUN/report.html: the verdict, the noise floor and the calibration on the "
+            "negative controls, per-region bar charts and tables of tests against zero, the "
+            "spill of each effect, the counterfactual beside the raw and the adjusted "
+            "association in the real cohort, planted against recovered effects, and factual "
+            "/ counterfactual / difference slices with an animated GIF. The page opens with "
+            "no network. Run `unveil analyze RUN` first."
         ),
     )
     p.add_argument("run", help="counterfactual run folder, analysed by `unveil analyze`")
