@@ -154,6 +154,26 @@ class ModelConfig(Section):
         default="auto",
         description="output of the network: auto is tanh for the GAN, linear for diffusion",
     )
+    effect_knots: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "regional effect head: the text sets, per mask label, a density shift that is "
+            "piecewise linear in the lung height with this many knots (0 = off; needs "
+            "preprocess.position_channel)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _effect_knots(self) -> ModelConfig:
+        if self.effect_knots == 1:
+            raise ValueError("model.effect_knots must be 0 (off) or at least 2")
+        if self.effect_knots and self.fusion == "none":
+            raise ValueError(
+                "model.effect_knots needs the text: set model.fusion to a text fusion or "
+                "model.effect_knots to 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:

@@ -19,7 +19,7 @@ from torch import nn
 
 from unveil.conditioning import TextCondition
 from unveil.config import Config, config_from_dict
-from unveil.errors import CheckpointError
+from unveil.errors import CheckpointError, ConfigError
 from unveil.text.adapter import TextAdapter
 
 
@@ -100,7 +100,21 @@ def build_models(
     text_on = cfg.model.fusion != "none"
     cond_dim = cfg.text.cond_dim
     m = len(meta.mask_channels)
-    net = build_generator(cfg.model, meta.image_channels, m, cond_dim)
+    from unveil.data.preprocess import POSITION_CHANNEL
+
+    if cfg.model.effect_knots and cfg.model.family == "diffusion":
+        if cfg.diffusion.prediction != "sample":
+            raise ConfigError(
+                "model.effect_knots adds a density shift to the network's output, which is an "
+                "image only with diffusion.prediction sample; set it, or model.effect_knots: 0."
+            )
+
+    height = (
+        meta.mask_channels.index(POSITION_CHANNEL)
+        if POSITION_CHANNEL in meta.mask_channels
+        else None
+    )
+    net = build_generator(cfg.model, meta.image_channels, m, cond_dim, height_channel=height)
     adapter = (
         TextAdapter(meta.encoder_width, cond_dim, pooled_in_dim=meta.encoder_pooled_width)
         if text_on

@@ -18,7 +18,11 @@ from unveil.nn.unet import ConditionalUNet
 
 
 def build_generator(
-    model_cfg: ModelConfig, image_channels: int, mask_channels: int, cond_dim: int
+    model_cfg: ModelConfig,
+    image_channels: int,
+    mask_channels: int,
+    cond_dim: int,
+    height_channel: int | None = None,
 ) -> ConditionalUNet:
     """The UNet of ``model_cfg``: the diffusion denoiser or the GAN generator.
 
@@ -27,8 +31,15 @@ def build_generator(
         image_channels: image channels (input of the denoiser, output of both families).
         mask_channels: one-hot mask channels (background included if the caller keeps it).
         cond_dim: width of the text tokens / pooled vector (``text.cond_dim``).
+        height_channel: index of the lung-height mask channel (the regional effect head
+            needs it), or None when the preprocessing adds none.
     """
     diffusion = model_cfg.family == "diffusion"
+    if model_cfg.effect_knots and height_channel is None:
+        raise ConfigError(
+            "model.effect_knots needs the lung-height channel; set "
+            "preprocess.position_channel: true or model.effect_knots: 0."
+        )
     if diffusion and model_cfg.noise_input:
         raise ConfigError(
             "model.noise_input adds a noise channel to the GAN generator only; set it to "
@@ -49,6 +60,8 @@ def build_generator(
             with_time=diffusion,
             noise_channels=1 if (not diffusion and model_cfg.noise_input) else 0,
             out_activation=None if model_cfg.out_activation == "auto" else model_cfg.out_activation,
+            effect_knots=model_cfg.effect_knots,
+            height_channel=height_channel if model_cfg.effect_knots else None,
         )
     except ValueError as err:
         raise ConfigError(f"model config: {err}") from None
@@ -91,7 +104,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 #: Parameter-name parts of the text path: the adapter, the fusion units and AdaGN's MLP.
-TEXT_PARAM_KEYS: tuple[str, ...] = ("adapter.", "fusion", "text_")
+TEXT_PARAM_KEYS: tuple[str, ...] = ("adapter.", "fusion", "text_", "effect_")
 
 
 def param_groups(module: nn.Module, lr: float, text_lr_scale: float = 1.0) -> list[dict]:

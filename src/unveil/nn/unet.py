@@ -192,6 +192,8 @@ class ConditionalUNet(nn.Module):
         with_time: bool = True,
         noise_channels: int = 0,
         out_activation: str | None = None,
+        effect_knots: int = 0,
+        height_channel: int | None = None,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -231,6 +233,8 @@ class ConditionalUNet(nn.Module):
             "with_time": with_time,
             "noise_channels": noise_channels,
             "out_activation": out_activation,
+            "effect_knots": effect_knots,
+            "height_channel": height_channel,
         }
         self.image_channels = image_channels
         self.mask_channels = mask_channels
@@ -319,6 +323,12 @@ class ConditionalUNet(nn.Module):
 
         self.out_norm = nn.GroupNorm(norm_groups, c0)
         self.out_conv = nn.Conv3d(c0, out_channels, kernel_size=3, padding=1)
+
+        self.effect_head = (
+            RegionalEffectHead(cond_dim, mask_channels, height_channel, effect_knots, out_channels)
+            if effect_knots
+            else None
+        )
 
     # ------------------------------------------------------------------ init
 
@@ -413,7 +423,65 @@ class ConditionalUNet(nn.Module):
             h = torch.cat([up(h), skips.pop()], dim=1)
             h = level(h, temb, cond, text_emb)
         h = self.out_conv(F.silu(self.out_norm(h)))
+        if self.effect_head is not None:
+            h = h + self.effect_head(mask, cond)
         return torch.tanh(h) if self.out_activation == "tanh" else h
+
+
+class RegionalEffectHead(nn.Module):
+    """A text-driven density shift per mask label, piecewise linear in the lung height.
+
+    ``E(x) = sum_l mask_l(x) * sum_k a_lk(text) * phi_k(height(x))``: ``phi_k`` are ``K``
+    hat functions on ``[-1, 1]`` (knots evenly spaced, clamped outside), ``a(text)`` a
+    small MLP of the pooled text, zero-initialised so the head starts as identity.  The
+    output is added to the network's output, before its activation.
+
+    Why: measured on the phantom (docs/recovery.md), the UNet's text path spreads a zonal
+    effect over the whole lung and into the airway (a third of an upper-zone shift reached
+    the middle zone, a third reached the airway) because it has to draw the zone's shape
+    itself.  Here the label gating keeps the shift of one structure out of another exactly,
+    and the height basis gives zonal shifts a direct, low-dimensional path from the text;
+    everything else (texture, non-zonal patterns) stays with the UNet.
+
+    Shapes: mask ``(B, M, D, H, W)`` whose ``height_channel`` holds the lung height and whose
+    other channels are labels; output ``(B, out_channels, D, H, W)``.
+    """
+
+    def __init__(
+        self, cond_dim: int, mask_channels: int, height_channel: int, knots: int, out_channels: int
+    ) -> None:
+        super().__init__()
+        if knots < 2 or not 0 <= height_channel < mask_channels:
+            raise ValueError(
+                f"the effect head needs at least 2 knots and a height channel among the "
+                f"{mask_channels} mask channels (got knots={knots}, channel {height_channel})."
+            )
+        self.height_channel = height_channel
+        self.labels = [c for c in range(mask_channels) if c != height_channel]
+        self.knots = knots
+        self.out_channels = out_channels
+        n = len(self.labels) * knots * out_channels
+        self.effect_null = nn.Parameter(torch.randn(cond_dim) * 0.02)
+        self.effect_mlp = nn.Sequential(
+            nn.Linear(cond_dim, 2 * cond_dim), nn.SiLU(), nn.Linear(2 * cond_dim, n)
+        )
+        self.register_buffer("centres", torch.linspace(-1.0, 1.0, knots), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.effect_mlp[-1].weight)
+        nn.init.zeros_(self.effect_mlp[-1].bias)
+
+    def forward(self, mask: torch.Tensor, cond: TextCondition | None) -> torch.Tensor:
+        b = mask.shape[0]
+        pooled = pooled_or_null(cond, self.effect_null, b, mask)
+        coef = self.effect_mlp(pooled).view(b, self.out_channels, len(self.labels), self.knots)
+        height = mask[:, self.height_channel].clamp(-1.0, 1.0)  # (B, D, H, W)
+        width = 2.0 / (self.knots - 1)
+        centres = self.centres.to(mask.dtype).view(1, -1, 1, 1, 1)
+        basis = torch.relu(1.0 - (height.unsqueeze(1) - centres).abs() / width)  # (B, K, ...)
+        labels = mask[:, self.labels]  # (B, L, D, H, W)
+        return torch.einsum("bolk,bkxyz,blxyz->boxyz", coef, basis, labels)
 
 
 def _validate(
