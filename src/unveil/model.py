@@ -102,12 +102,12 @@ def build_models(
     m = len(meta.mask_channels)
     from unveil.data.preprocess import POSITION_CHANNEL
 
-    if cfg.model.effect_knots and cfg.model.family == "diffusion":
-        if cfg.diffusion.prediction != "sample":
-            raise ConfigError(
-                "model.effect_knots adds a density shift to the network's output, which is an "
-                "image only with diffusion.prediction sample; set it, or model.effect_knots: 0."
-            )
+    diffusion = cfg.model.family == "diffusion"
+    if cfg.model.effect_knots and diffusion and cfg.diffusion.prediction != "sample":
+        raise ConfigError(
+            "model.effect_knots adds a density shift to the network's output, which is an "
+            "image only with diffusion.prediction sample; set it, or model.effect_knots: 0."
+        )
 
     height = (
         meta.mask_channels.index(POSITION_CHANNEL)
