@@ -83,3 +83,30 @@ def test_unet_with_head_rebuilds_from_its_kwargs_and_refuses_bad_settings():
 
     with pytest.raises(ValueError, match="effect_knots"):
         ModelConfig(effect_knots=1)
+
+
+def test_head_with_depth_is_bilinear_in_height_and_depth():
+    mask = torch.cat([_mask(), torch.zeros(2, 1, 8, 8, 8)], dim=1)
+    mask[:, 3] = torch.linspace(-1.0, 1.0, 8).view(1, 1, 8, 1)  # depth along the third axis
+    head = RegionalEffectHead(6, 4, height_channel=2, knots=2, out_channels=1, depth_channel=3)
+    with (
+        torch.no_grad()
+    ):  # lung: a(h, d) with corners (h-, d-)=0, (h-, d+)=0, (h+, d-)=4, (h+, d+)=0
+        head.effect_mlp[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    out = head(mask, _cond())[0, 0, 0]  # lung plane: (depth, height)
+    assert float(out[0, -1]) == pytest.approx(4.0)  # surface, apex
+    assert float(out[-1, -1]) == pytest.approx(0.0)  # deep, apex
+    assert float(out[0, 0]) == pytest.approx(0.0)  # surface, base
+
+
+def test_lung_depth_is_minus_one_at_the_surface_and_one_at_the_centre():
+    import numpy as np
+
+    from unveil.config import DataConfig
+    from unveil.data.regions import lung_depth
+
+    labels = np.zeros((9, 9, 9), dtype=np.int32)
+    labels[1:8, 1:8, 1:8] = 1
+    d = lung_depth(labels, np.eye(4), DataConfig())
+    assert d[0, 0, 0] == -1.0 and d[4, 4, 4] == pytest.approx(1.0)
+    assert d[1, 4, 4] < d[2, 4, 4] < d[3, 4, 4] < d[4, 4, 4]

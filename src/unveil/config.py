@@ -73,6 +73,14 @@ class PreprocessConfig(Section):
         ),
     )
 
+    depth_channel: bool = Field(
+        default=False,
+        description=(
+            "add a mask channel with the depth inside each lung (-1 at the surface, +1 at the "
+            "deepest point) so peripheral and central effects are easy to learn"
+        ),
+    )
+
     @field_validator("hu_window")
     @classmethod
     def _window_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:

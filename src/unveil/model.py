@@ -100,7 +100,7 @@ def build_models(
     text_on = cfg.model.fusion != "none"
     cond_dim = cfg.text.cond_dim
     m = len(meta.mask_channels)
-    from unveil.data.preprocess import POSITION_CHANNEL
+    from unveil.data.preprocess import DEPTH_CHANNEL, POSITION_CHANNEL
 
     diffusion = cfg.model.family == "diffusion"
     if cfg.model.effect_knots and diffusion and cfg.diffusion.prediction != "sample":
@@ -109,12 +109,12 @@ def build_models(
             "image only with diffusion.prediction sample; set it, or model.effect_knots: 0."
         )
 
-    height = (
-        meta.mask_channels.index(POSITION_CHANNEL)
-        if POSITION_CHANNEL in meta.mask_channels
-        else None
+    names = list(meta.mask_channels)
+    height = names.index(POSITION_CHANNEL) if POSITION_CHANNEL in names else None
+    depth = names.index(DEPTH_CHANNEL) if DEPTH_CHANNEL in names else None
+    net = build_generator(
+        cfg.model, meta.image_channels, m, cond_dim, height_channel=height, depth_channel=depth
     )
-    net = build_generator(cfg.model, meta.image_channels, m, cond_dim, height_channel=height)
     adapter = (
         TextAdapter(meta.encoder_width, cond_dim, pooled_in_dim=meta.encoder_pooled_width)
         if text_on

@@ -111,6 +111,8 @@ def airway_channel(data_cfg: DataConfig) -> int | None:
 
 #: Name of the optional position channel appended after the label channels.
 POSITION_CHANNEL = "lung_height"
+#: Name of the optional depth channel appended after the position channel.
+DEPTH_CHANNEL = "lung_depth"
 
 
 def lung_height(label_map: np.ndarray, affine: np.ndarray, data_cfg: DataConfig) -> np.ndarray:
@@ -233,6 +235,7 @@ class Preprocessor:
     def mask_channels(self) -> list[str]:
         """Names of the mask channels, in order (the label channels, then the position)."""
         extra = [POSITION_CHANNEL] if self.pre_cfg.position_channel else []
+        extra += [DEPTH_CHANNEL] if self.pre_cfg.depth_channel else []
         return mask_channel_names(self.data_cfg) + extra
 
     def prepare(self, image: Volume, mask: Volume | None = None) -> Prepared:
@@ -284,6 +287,11 @@ class Preprocessor:
             if self.pre_cfg.position_channel:
                 height = lung_height(label_map.numpy(), np.asarray(img_mt.affine), self.data_cfg)
                 onehot = torch.cat([onehot, torch.from_numpy(height)[None]])
+            if self.pre_cfg.depth_channel:
+                from unveil.data.regions import lung_depth
+
+                depth = lung_depth(label_map.numpy(), np.asarray(img_mt.affine), self.data_cfg)
+                onehot = torch.cat([onehot, torch.from_numpy(depth)[None]])
         return Prepared(
             image=unit,
             mask=onehot,

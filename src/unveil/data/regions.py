@@ -223,3 +223,23 @@ def region_mask(
 ) -> np.ndarray:
     """One region (possibly an ``a&b`` intersection) as a bool array ``(X, Y, Z)``."""
     return region_masks(label_map, affine, data_cfg, names=[region])[region]
+
+
+def lung_depth(label_map: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """Depth of every lung voxel inside its own lung, ``-1`` at the surface to ``+1`` at the
+    deepest point (``2 d / D - 1`` with the distance ``d`` and maximum ``D`` of the
+    core/periphery rule of :data:`REGIONS_RULE`), and ``-1`` outside the lungs; ``(X, Y, Z)``
+    float32.  Periphery is where the depth is at most ``-1/3``.
+    """
+    from scipy import ndimage
+
+    out = np.full(label_map.shape, -1.0, dtype=np.float32)
+    spacing = _spacing(affine)
+    for part in _lung_parts(label_map, affine, cfg):
+        if not part.any():
+            continue
+        padded = np.pad(part, 1, constant_values=False)
+        dist = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+        deepest = float(dist[part].max())
+        out[part] = (2.0 * dist[part] / max(deepest, 1e-6) - 1.0).astype(np.float32)
+    return out

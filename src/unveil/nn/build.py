@@ -23,6 +23,7 @@ def build_generator(
     mask_channels: int,
     cond_dim: int,
     height_channel: int | None = None,
+    depth_channel: int | None = None,
 ) -> ConditionalUNet:
     """The UNet of ``model_cfg``: the diffusion denoiser or the GAN generator.
 
@@ -33,6 +34,8 @@ def build_generator(
         cond_dim: width of the text tokens / pooled vector (``text.cond_dim``).
         height_channel: index of the lung-height mask channel (the regional effect head
             needs it), or None when the preprocessing adds none.
+        depth_channel: index of the lung-depth mask channel (used by the effect head
+            when present), or None.
     """
     diffusion = model_cfg.family == "diffusion"
     if model_cfg.effect_knots and height_channel is None:
@@ -62,6 +65,7 @@ def build_generator(
             out_activation=None if model_cfg.out_activation == "auto" else model_cfg.out_activation,
             effect_knots=model_cfg.effect_knots,
             height_channel=height_channel if model_cfg.effect_knots else None,
+            depth_channel=depth_channel if model_cfg.effect_knots else None,
         )
     except ValueError as err:
         raise ConfigError(f"model config: {err}") from None

@@ -194,6 +194,7 @@ class ConditionalUNet(nn.Module):
         out_activation: str | None = None,
         effect_knots: int = 0,
         height_channel: int | None = None,
+        depth_channel: int | None = None,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -235,6 +236,7 @@ class ConditionalUNet(nn.Module):
             "out_activation": out_activation,
             "effect_knots": effect_knots,
             "height_channel": height_channel,
+            "depth_channel": depth_channel,
         }
         self.image_channels = image_channels
         self.mask_channels = mask_channels
@@ -325,7 +327,9 @@ class ConditionalUNet(nn.Module):
         self.out_conv = nn.Conv3d(c0, out_channels, kernel_size=3, padding=1)
 
         self.effect_head = (
-            RegionalEffectHead(cond_dim, mask_channels, height_channel, effect_knots, out_channels)
+            RegionalEffectHead(
+                cond_dim, mask_channels, height_channel, effect_knots, out_channels, depth_channel
+            )
             if effect_knots
             else None
         )
@@ -429,12 +433,14 @@ class ConditionalUNet(nn.Module):
 
 
 class RegionalEffectHead(nn.Module):
-    """A text-driven density shift per mask label, piecewise linear in the lung height.
+    """A text-driven density shift per mask label, piecewise linear in the lung coordinates.
 
     ``E(x) = sum_l mask_l(x) * sum_k a_lk(text) * phi_k(height(x))``: ``phi_k`` are ``K``
     hat functions on ``[-1, 1]`` (knots evenly spaced, clamped outside), ``a(text)`` a
-    small MLP of the pooled text, zero-initialised so the head starts as identity.  The
-    output is added to the network's output, before its activation.
+    small MLP of the pooled text, zero-initialised so the head starts as identity.  With a
+    depth channel the basis is the tensor product of ``K`` hats in height and ``K`` in depth
+    (bilinear in both).  The output is added to the network's output, before its
+    activation.
 
     Why: measured on the phantom (docs/recovery.md), the UNet's text path spreads a zonal
     effect over the whole lung and into the airway (a third of an upper-zone shift reached
@@ -448,7 +454,13 @@ class RegionalEffectHead(nn.Module):
     """
 
     def __init__(
-        self, cond_dim: int, mask_channels: int, height_channel: int, knots: int, out_channels: int
+        self,
+        cond_dim: int,
+        mask_channels: int,
+        height_channel: int,
+        knots: int,
+        out_channels: int,
+        depth_channel: int | None = None,
     ) -> None:
         super().__init__()
         if knots < 2 or not 0 <= height_channel < mask_channels:
@@ -456,11 +468,17 @@ class RegionalEffectHead(nn.Module):
                 f"the effect head needs at least 2 knots and a height channel among the "
                 f"{mask_channels} mask channels (got knots={knots}, channel {height_channel})."
             )
+        if depth_channel is not None and not (
+            0 <= depth_channel < mask_channels and depth_channel != height_channel
+        ):
+            raise ValueError(f"depth channel {depth_channel} is not a free mask channel.")
         self.height_channel = height_channel
-        self.labels = [c for c in range(mask_channels) if c != height_channel]
+        self.depth_channel = depth_channel
+        self.labels = [c for c in range(mask_channels) if c not in (height_channel, depth_channel)]
         self.knots = knots
         self.out_channels = out_channels
-        n = len(self.labels) * knots * out_channels
+        self.n_basis = knots * (knots if depth_channel is not None else 1)
+        n = len(self.labels) * self.n_basis * out_channels
         self.effect_null = nn.Parameter(torch.randn(cond_dim) * 0.02)
         self.effect_mlp = nn.Sequential(
             nn.Linear(cond_dim, 2 * cond_dim), nn.SiLU(), nn.Linear(2 * cond_dim, n)
@@ -475,13 +493,21 @@ class RegionalEffectHead(nn.Module):
     def forward(self, mask: torch.Tensor, cond: TextCondition | None) -> torch.Tensor:
         b = mask.shape[0]
         pooled = pooled_or_null(cond, self.effect_null, b, mask)
-        coef = self.effect_mlp(pooled).view(b, self.out_channels, len(self.labels), self.knots)
-        height = mask[:, self.height_channel].clamp(-1.0, 1.0)  # (B, D, H, W)
-        width = 2.0 / (self.knots - 1)
-        centres = self.centres.to(mask.dtype).view(1, -1, 1, 1, 1)
-        basis = torch.relu(1.0 - (height.unsqueeze(1) - centres).abs() / width)  # (B, K, ...)
+        coef = self.effect_mlp(pooled).view(b, self.out_channels, len(self.labels), self.n_basis)
+        basis = self._hats(mask[:, self.height_channel])  # (B, K, D, H, W)
+        if self.depth_channel is not None:
+            depth = self._hats(mask[:, self.depth_channel])
+            basis = rearrange(
+                basis.unsqueeze(2) * depth.unsqueeze(1), "b k j x y z -> b (k j) x y z"
+            )
         labels = mask[:, self.labels]  # (B, L, D, H, W)
         return torch.einsum("bolk,bkxyz,blxyz->boxyz", coef, basis, labels)
+
+    def _hats(self, coord: torch.Tensor) -> torch.Tensor:
+        """``(B, D, H, W)`` coordinate in [-1, 1] -> ``(B, K, D, H, W)`` hat functions."""
+        width = 2.0 / (self.knots - 1)
+        centres = self.centres.to(coord.dtype).view(1, -1, 1, 1, 1)
+        return torch.relu(1.0 - (coord.clamp(-1.0, 1.0).unsqueeze(1) - centres).abs() / width)
 
 
 def _validate(
