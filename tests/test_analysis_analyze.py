@@ -419,8 +419,8 @@ def test_every_output_written(analyzed):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == [
         "contrast", "region", "n_subjects", "mean_diff_hu", "ci_low", "ci_high", "sd_hu",
-        "se_hu", "effect_size_dz", "statistic", "p_value", "q_value", "p_calibrated",
-        "q_calibrated", "significant", "test", "null_control", "control_kind", "floor_mean_hu",
+        "se_hu", "effect_size_dz", "statistic", "p_value", "q_value", "se_train_hu",
+        "se_total_hu", "p_total", "q_total", "p_calibrated", "q_calibrated", "significant", "test", "null_control", "control_kind", "floor_mean_hu",
         "floor_sd_hu", "seed_sd_hu", "mde_hu", "n_seeds",
     ]  # fmt: skip
     assert len(rows) == len(results["cohort_stats"])
@@ -722,3 +722,28 @@ def test_generated_volume_off_the_mask_grid_is_refused(tmp_path):
     write_volume(Volume(np.zeros((4, 4, 4), dtype=np.float32), np.eye(4)), path)
     with pytest.raises(UnveilError, match=r"shape \(4, 4, 4\).*re-run unveil counterfactual"):
         _read_generated(path, (8, 8, 8))
+
+
+def test_training_cohort_uncertainty_keeps_a_learned_chance_association_from_significance():
+    """A model applies the chance association of its training cohort (here -3 HU) to every
+    held-out subject alike: tiny subject-level SE, 'significant' on that alone.  With the
+    adjusted regression's SE of the same contrast added it is not; a real -60 HU shift is."""
+    from unveil.analysis.analyze import add_training_uncertainty, calibrate_rows
+
+    def row(contrast, mean, se, null):
+        return {
+            "contrast": contrast, "region": "lung", "n_subjects": 30, "mean_diff_hu": mean,
+            "se_hu": se, "p_value": 1e-9 if abs(mean) > 0 else 1.0, "null_control": null,
+        }  # fmt: skip
+
+    rows = [row("smoking=current", -60.0, 0.5, False), row("blood_group=O", -3.0, 0.2, True)]
+    adjusted = [
+        {"contrast": "smoking=current", "region": "lung", "se_hu": 8.0},
+        {"contrast": "blood_group=O", "region": "lung", "se_hu": 2.2},
+    ]
+    add_training_uncertainty(rows, adjusted)
+    assert rows[1]["se_total_hu"] == pytest.approx(math.hypot(0.2, 2.2))
+    assert rows[1]["p_total"] > 0.1 and rows[0]["p_total"] < 1e-6
+    calibrate_rows(rows, alpha=0.05, min_rows=5)  # too few controls: judged on p_total
+    assert rows[0]["significant"] and not rows[1]["significant"]
+    assert rows[1]["q_value"] < 0.05  # the subject-level test alone would have called it

@@ -126,6 +126,10 @@ COHORT_COLUMNS = (
     "statistic",
     "p_value",
     "q_value",
+    "se_train_hu",
+    "se_total_hu",
+    "p_total",
+    "q_total",
     "p_calibrated",
     "q_calibrated",
     "significant",
@@ -871,18 +875,6 @@ def analyze_run(
         for r in cohort_rows:
             f = by_region[r["region"]]
             r.update({k: f[k] for k in ("floor_mean_hu", "floor_sd_hu", "seed_sd_hu", "mde_hu")})
-        calibration = calibrate_rows(cohort_rows, alpha, min_effect_hu)
-        if not calibration["available"]:
-            notes.append(
-                f"calibration unavailable: {calibration['n_rows']} negative-control row(s), at "
-                f"least {MIN_CALIBRATION_ROWS} are needed (add null edits or permuted "
-                "controls); real edits are judged on the raw test against zero, which "
-                "ignores the model's systematic error."
-            )
-        candidates = _peak_candidates(regions)
-        spec_rows = _specificity(
-            contrasts, kinds, regions, candidates, edit_vals, n_voxels, n_boot, seed, cohort_rows
-        )
         observed_rows = _observed(
             parseable, parsed, regions, real_means, clinical, n_boot, seed, notes, baseline
         )
@@ -895,6 +887,19 @@ def analyze_run(
             baseline,
             notes,
             columns=columns,
+        )
+        add_training_uncertainty(cohort_rows, adjusted_rows)
+        calibration = calibrate_rows(cohort_rows, alpha, min_effect_hu)
+        if not calibration["available"]:
+            notes.append(
+                f"calibration unavailable: {calibration['n_rows']} negative-control row(s), at "
+                f"least {MIN_CALIBRATION_ROWS} are needed (add null edits or permuted "
+                "controls); real edits are judged on the raw test against zero, which "
+                "ignores the model's systematic error."
+            )
+        candidates = _peak_candidates(regions)
+        spec_rows = _specificity(
+            contrasts, kinds, regions, candidates, edit_vals, n_voxels, n_boot, seed, cohort_rows
         )
         recovery_rows = (
             _recovery(
@@ -1116,6 +1121,46 @@ def _df(row: Mapping[str, Any]) -> float | None:
     return float(n) - 1.0 if isinstance(n, int | float) and n >= 2 else None
 
 
+def add_training_uncertainty(
+    rows: Sequence[dict[str, Any]], adjusted: Sequence[Mapping[str, Any]]
+) -> None:
+    """Add the training cohort's sampling error to each row's standard error (in place).
+
+    ``se_hu`` is the spread of the effect over the held-out subjects *given the trained
+    model*: it ignores that the model learned the effect from a finite training cohort.
+    An attribute without effect still has a chance association in any finite cohort
+    (blood group O had -2.9 HU lungs in the demo's phantom), a well-trained model learns
+    it, and applies it to every held-out subject alike, so a test on ``se_hu`` alone
+    declares it significant.  A model cannot know an effect better than the data it learned
+    it from: the standard error of the same contrast in the adjusted regression on the real
+    cohort (:func:`adjusted_association`) is taken as that sampling error, ``se_train_hu``,
+    and ``se_total_hu = sqrt(se_hu^2 + se_train_hu^2)``.  Rows without an adjusted contrast
+    (permuted-label controls, unset edits) get ``se_train_hu = 0``.  ``p_total`` is the
+    two-sided Student's t p of ``mean / se_total`` on ``n - 1`` degrees of freedom.
+    """
+    from scipy import stats
+
+    se_adj = {
+        (a["contrast"], a["region"]): float(a["se_hu"])
+        for a in adjusted
+        if a.get("se_hu") is not None and math.isfinite(float(a["se_hu"]))
+    }
+    for r in rows:
+        st = se_adj.get((r["contrast"], r["region"]), 0.0)
+        se = float(r["se_hu"]) if math.isfinite(float(r["se_hu"])) else math.nan
+        total = math.hypot(se, st) if math.isfinite(se) else math.nan
+        r["se_train_hu"] = st
+        r["se_total_hu"] = total
+        df = _df(r)
+        m = float(r["mean_diff_hu"])
+        if not (math.isfinite(m) and math.isfinite(total)) or df is None:
+            r["p_total"] = math.nan
+        elif total == 0.0:
+            r["p_total"] = 1.0 if m == 0.0 else 0.0
+        else:
+            r["p_total"] = float(2.0 * stats.t.sf(abs(m) / total, df))
+
+
 def calibrate_rows(
     rows: Sequence[dict[str, Any]],
     alpha: float = 0.05,
@@ -1125,7 +1170,9 @@ def calibrate_rows(
     """Empirical calibration of the cohort rows against the negative controls (in place).
 
     The null-control rows (``null_control`` true) give estimates ``mean_diff_hu`` with
-    standard errors ``se_hu``; :func:`unveil.analysis.stats.fit_systematic_error` fits
+    standard errors ``se_total_hu`` (subjects and training cohort, see
+    :func:`add_training_uncertainty`; ``se_hu`` when that was not run);
+    :func:`unveil.analysis.stats.fit_systematic_error` fits
     the model's systematic error N(mu, tau^2) to them, and each real-edit row gets
     ``p_calibrated`` (:func:`unveil.analysis.stats.calibrated_p`, with the margin, and
     Student's t on ``n_subjects - 1`` degrees of freedom when the row has ``n_subjects``)
@@ -1133,8 +1180,9 @@ def calibrate_rows(
     each family (real edits; controls).
 
     ``significant``: for a real edit, ``q_calibrated < alpha`` when at least ``min_rows``
-    control rows exist, else ``q_value < alpha``.  For a control, ``q_value < alpha``
-    always: judging a control against a null fitted on itself would be circular.  A
+    control rows exist, else ``q_total < alpha`` (BH of ``p_total``).  For a control,
+    ``q_total < alpha`` always: judging a control against a null fitted on itself would be
+    circular.  ``q_value`` (the subject-level test alone) is reported beside them.  A
     control's ``p_calibrated`` is leave-one-out (fitted on the other control rows), for
     display; its ``q_calibrated`` is BH of those within the controls.
 
@@ -1146,35 +1194,45 @@ def calibrate_rows(
     ctrl = [r for r in rows if r["null_control"]]
     for r in rows:
         r["p_calibrated"] = r["q_calibrated"] = math.nan
+        # Without add_training_uncertainty the subject-level test is all there is.
+        r.setdefault("se_total_hu", r["se_hu"])
+        r.setdefault("se_train_hu", 0.0)
+        r.setdefault("p_total", r["p_value"])
     for family in (real, ctrl):
         q = benjamini_hochberg([r["p_value"] for r in family])
-        for r, qv in zip(family, q, strict=True):
+        qt = benjamini_hochberg([r["p_total"] for r in family])
+        for r, qv, qtv in zip(family, q, qt, strict=True):
             r["q_value"] = float(qv)
-    usable = [r for r in ctrl if math.isfinite(r["mean_diff_hu"]) and math.isfinite(r["se_hu"])]
+            r["q_total"] = float(qtv)
+    usable = [
+        r for r in ctrl if math.isfinite(r["mean_diff_hu"]) and math.isfinite(r["se_total_hu"])
+    ]
     est = np.array([r["mean_diff_hu"] for r in usable])
-    se = np.array([r["se_hu"] for r in usable])
+    se = np.array([r["se_total_hu"] for r in usable])
     available = len(usable) >= min_rows
     mu, tau = fit_systematic_error(est, se) if available else (math.nan, math.nan)
     for r in real:
         r["p_calibrated"] = (
-            calibrated_p(r["mean_diff_hu"], r["se_hu"], mu, tau, margin, _df(r))
+            calibrated_p(r["mean_diff_hu"], r["se_total_hu"], mu, tau, margin, _df(r))
             if available
             else math.nan
         )
     qc = benjamini_hochberg([r["p_calibrated"] for r in real])
     for r, qv in zip(real, qc, strict=True):
         r["q_calibrated"] = float(qv)
-        q = r["q_calibrated"] if available else r["q_value"]
+        q = r["q_calibrated"] if available else r["q_total"]
         r["significant"] = bool(math.isfinite(q) and q < alpha)
     for i, r in enumerate(usable):
         others = np.arange(len(usable)) != i
         if int(others.sum()) >= min_rows:
             m_i, t_i = fit_systematic_error(est[others], se[others])
-            r["p_calibrated"] = calibrated_p(r["mean_diff_hu"], r["se_hu"], m_i, t_i, df=_df(r))
+            r["p_calibrated"] = calibrated_p(
+                r["mean_diff_hu"], r["se_total_hu"], m_i, t_i, df=_df(r)
+            )
     qc = benjamini_hochberg([r["p_calibrated"] for r in ctrl])
     for r, qv in zip(ctrl, qc, strict=True):
         r["q_calibrated"] = float(qv)
-        r["significant"] = bool(math.isfinite(r["q_value"]) and r["q_value"] < alpha)
+        r["significant"] = bool(math.isfinite(r["q_total"]) and r["q_total"] < alpha)
     names = list(dict.fromkeys(r["contrast"] for r in usable))
     return {
         "available": bool(available),
