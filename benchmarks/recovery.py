@@ -74,7 +74,7 @@ def run_cell(root: Path, family: str, size: float, args) -> dict:
     if not any(p.name == f"ckpt-{steps:08d}.pt" for p in ckpts):
         train(cfg, cohort, run / "train", steps=args.steps, resume=bool(ckpts), progress=True)
     ckpt = sorted((run / "train" / "checkpoints").glob("ckpt-*.pt"))[-1]
-    results_path = run / "cf" / "analysis" / "results.json"
+    results_path = run / "recovery-results.json"
     if results_path.is_file():
         return json.loads(results_path.read_text())
     splits = json.loads((run / "train" / "splits.json").read_text())["splits"]
@@ -97,7 +97,6 @@ def run_cell(root: Path, family: str, size: float, args) -> dict:
                 overwrite=True,
             )
         out[edit] = analyze_run(cf, n_boot=1000, progress=False)
-    results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(out))
     return out
 

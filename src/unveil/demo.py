@@ -1,11 +1,13 @@
 """The end-to-end demo on built-in data, in minutes on a CPU.
 
 phantom cohort (planted effects) -> prompts -> train a small conditional GAN (or, with
-``model="diffusion"``, a small diffusion model) ->
-counterfactuals on held-out subjects (smoking never -> current, and the null attribute
-blood group) -> analyze -> HTML report -> verdict.  Defaults: 160 subjects at 24^3.  The phantom plants -60 HU in the
-upper lung zone for current vs never smokers and nothing for blood group, so the demo
-doubles as the positive / negative control of the whole pipeline.
+``model="diffusion"``, a small diffusion model) -> counterfactuals on held-out subjects
+(from a never-smoker baseline: smoking -> current, diagnosis -> IPF, age + 10 years; the
+null attribute blood group with its permuted-label controls) -> analyze -> HTML report ->
+verdict.  Defaults: 160 subjects at 24^3.  The phantom plants -60 HU in the upper lung zone
+for current vs never smokers, +120 HU in the lower periphery for IPF, +1 HU per year of age
+over the lungs and nothing for blood group, so the demo doubles as the positive / negative
+control of the whole pipeline.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from unveil.errors import UnveilError
 
 log = logging.getLogger(__name__)
 
-DEMO_EDIT = "smoking=current"
+#: The edits: smoking (-60 HU upper zone), IPF (+120 HU lower periphery against no
+#: disease) and ten years of age (+10 HU over the lungs), all from a never-smoker baseline.
+DEMO_EDITS = ("smoking=current", "diagnosis=IPF", "age+=10")
 DEMO_BASELINE = "smoking=never"
 DEMO_NULL_EDIT = "blood_group=O"
 #: The config of each generator family's demo.
@@ -123,7 +127,7 @@ def run_demo(
         ckpt,
         cohort,
         cf,
-        edits=[DEMO_EDIT],
+        edits=list(DEMO_EDITS),
         null_edits=[DEMO_NULL_EDIT],
         baseline=[DEMO_BASELINE],
         seeds=seeds,
