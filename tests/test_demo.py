@@ -8,8 +8,9 @@ its sign, in its zone and within 15% of its size, with the airway (nothing plant
 within 5 HU; IPF (lower periphery) and ten years of age (whole lung) come out with their
 sign, place and at least half their size; the null attribute (blood group) is significant
 nowhere.  Training is deterministic on CPU, so this is the same run every time on the
-same software; the measured values and what the demo does not yet meet (the spill of the
-smoking effect into the middle and lower zones) are in docs/recovery.md.
+same software (measured: smoking -55.0 HU, IPF +71.1 of +90, age +6.8 of +10, null at most
+3.9 HU and significant nowhere); what the demo does not yet meet (the spill of the smoking
+effect into the middle and lower zones) is in docs/recovery.md.
 """
 
 from __future__ import annotations
