@@ -900,7 +900,9 @@ def _methods(run: Mapping[str, Any], results: Mapping[str, Any]) -> str:
 _LIMITS = (
     "<p><b>Limitations.</b> A counterfactual shows what the model learned, not a causal "
     "effect in patients: a pattern that is absent from, or confounded in, the training data "
-    "can be missed or reproduced. Significance is measured against zero and calibrated on "
+    "can be missed or reproduced. Significance is measured against zero, with the sampling "
+    "error of the training cohort (the adjusted regression's standard error) added to the "
+    "subjects' own, and calibrated on "
     "this model's own negative controls, for this cohort and this checkpoint only; the "
     "calibration is as good as the controls are representative of the real edits. The "
     "adjusted association assumes that the recorded attributes act additively and that no "
