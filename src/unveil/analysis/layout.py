@@ -157,7 +157,8 @@ def read_run(root: str | os.PathLike, check_volumes: bool = True) -> dict[str, A
         raise UnveilError(f"{path} lacks the key(s) {', '.join(missing)}; {redo}.")
     run.setdefault("null_edits", [])
     run.setdefault("permuted_controls", [])
-    run.setdefault("floor_seed_offset", 1000)
+    if "noise" not in run:  # older runs: the floor used the noise of seed k + offset
+        run.setdefault("floor_seed_offset", 1000)
     for key in ("edits", "null_edits", "permuted_controls", "seeds", "subjects"):
         if not isinstance(run[key], list):
             raise UnveilError(f"{path}: '{key}' must be a list; {redo}.")

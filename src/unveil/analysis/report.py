@@ -861,7 +861,12 @@ def _noise_section(results: Mapping[str, Any]) -> str:
 
 def _methods(run: Mapping[str, Any], results: Mapping[str, Any]) -> str:
     seeds = list(run.get("seeds") or [])
-    offset = run.get("floor_seed_offset", 1000)
+    # Runs record how their noise was drawn; older ones used seed k + offset for the floor.
+    floor_noise = (
+        "a second noise volume drawn for the same subject and seed"
+        if run.get("noise") == "per-subject"
+        else f"noise of seed k+{esc(run.get('floor_seed_offset', 1000))}, shared by all subjects"
+    )
     window = run.get("hu_window") or [-1000, 500]
     tests = sorted({str(r.get("test")) for r in results.get("cohort_stats", []) if r.get("test")})
     settings = results.get("settings") if isinstance(results.get("settings"), Mapping) else {}
@@ -878,8 +883,8 @@ def _methods(run: Mapping[str, Any], results: Mapping[str, Any]) -> str:
         "averaged over seeds; the subject is the unit. Cohort means carry 95% confidence "
         f"intervals from {boot} over subjects. The per-subject effects are tested against "
         f"zero ({esc(', '.join(tests)) or 'see table'}); d<sub>z</sub> is their mean over "
-        "their standard deviation. The <b>noise floor</b> (same prompt, noise of seed k and "
-        f"k+{esc(offset)}) is reported with the minimum detectable effect it implies, not "
+        "their standard deviation. The <b>noise floor</b> (same prompt, "
+        f"{floor_noise}) is reported with the minimum detectable effect it implies, not "
         "used as the comparator. <b>Negative controls</b> (null edits of attributes known to "
         "have no effect, and permuted labels) give the empirical null: their estimates fit "
         "the model's systematic error N(&mu;, &tau;&sup2;) by maximum likelihood, and each "

@@ -133,6 +133,18 @@ def _lung_parts(
     return lung & (x >= mid), lung & (x < mid)
 
 
+def _inner_distance(part: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(padded part, distance in mm of each voxel to the nearest voxel outside the part)``.
+
+    Padded by one background voxel so a lung touching the grid edge has a surface there:
+    the scan ends, the lung is not known to continue.
+    """
+    from scipy import ndimage
+
+    padded = np.pad(part, 1, constant_values=False)
+    return padded, ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+
+
 def _core_periphery(
     lung_parts: Iterable[np.ndarray], spacing: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -146,10 +158,7 @@ def _core_periphery(
             periphery = np.zeros(part.shape, dtype=bool)
         if not part.any():
             continue
-        # Pad by one background voxel so a lung touching the grid edge has a surface there:
-        # the scan ends, the lung is not known to continue.
-        padded = np.pad(part, 1, constant_values=False)
-        dist = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+        padded, dist = _inner_distance(part, spacing)
         surface = part & ~ndimage.binary_erosion(padded)[1:-1, 1:-1, 1:-1]
         depth = float(dist[part].max())
         per = part & ((dist <= depth / 3.0) | surface)
@@ -231,15 +240,12 @@ def lung_depth(label_map: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> np
     core/periphery rule of :data:`REGIONS_RULE`), and ``-1`` outside the lungs; ``(X, Y, Z)``
     float32.  Periphery is where the depth is at most ``-1/3``.
     """
-    from scipy import ndimage
-
     out = np.full(label_map.shape, -1.0, dtype=np.float32)
     spacing = _spacing(affine)
     for part in _lung_parts(label_map, affine, cfg):
         if not part.any():
             continue
-        padded = np.pad(part, 1, constant_values=False)
-        dist = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+        _, dist = _inner_distance(part, spacing)
         deepest = float(dist[part].max())
         out[part] = (2.0 * dist[part] / max(deepest, 1e-6) - 1.0).astype(np.float32)
     return out

@@ -443,8 +443,8 @@ class RegionalEffectHead(nn.Module):
     activation.
 
     Why: measured on the phantom (docs/recovery.md), the UNet's text path spreads a zonal
-    effect over the whole lung and into the airway (a third of an upper-zone shift reached
-    the middle zone, a third reached the airway) because it has to draw the zone's shape
+    effect over the whole lung and into the airway (with -40 HU in the upper zone, the
+    middle zone got -17 HU and the airway -21 HU) because it has to draw the zone's shape
     itself.  Here the label gating keeps the shift of one structure out of another exactly,
     and the height basis gives zonal shifts a direct, low-dimensional path from the text;
     everything else (texture, non-zonal patterns) stays with the UNet.
