@@ -35,6 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from unveil.data.effects import is_missing
+
 #: Tests offered by :func:`one_sample_test`.
 TESTS: tuple[str, ...] = ("wilcoxon", "t")
 
@@ -616,14 +618,6 @@ def _as_number(value: Any) -> float:
     return x if math.isfinite(x) else math.nan
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float | np.floating) and math.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
-
-
 def design_matrix(
     rows: Sequence[Mapping[str, Any]],
     columns: Sequence[str],
@@ -669,7 +663,7 @@ def design_matrix(
 
     for col in columns:
         raw = [r.get(col) for r in rows]
-        missing = np.array([_is_missing(v) for v in raw])
+        missing = np.array([is_missing(v) for v in raw])
         recorded = [v for v, m in zip(raw, missing, strict=True) if not m]
         is_num = (
             bool(numeric[col])
