@@ -100,3 +100,15 @@ def test_missing_and_malformed_files(tmp_path):
 def test_override_without_equals():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(overrides=["train.steps"])
+
+
+def test_effect_head_needs_its_inputs_and_is_refused_on_load():
+    from unveil.config import load_config, resolve_config_path
+
+    with pytest.raises(ConfigError, match="lung-height channel"):
+        load_config(resolve_config_path("demo"), ["preprocess.position_channel=false"])
+    with pytest.raises(ConfigError, match="prediction sample"):
+        load_config(resolve_config_path("demo-diffusion"), ["diffusion.prediction=v_prediction"])
+    assert (
+        load_config(resolve_config_path("demo"), ["model.effect_knots=0"]).model.effect_knots == 0
+    )

@@ -311,6 +311,25 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
 
+    @model_validator(mode="after")
+    def _effect_head_inputs(self) -> Config:
+        # Checked here, on load, so a run is refused before anything is written.
+        if self.model.effect_knots and not self.preprocess.position_channel:
+            raise ValueError(
+                "model.effect_knots needs the lung-height channel; set "
+                "preprocess.position_channel: true or model.effect_knots: 0"
+            )
+        if (
+            self.model.effect_knots
+            and self.model.family == "diffusion"
+            and self.diffusion.prediction != "sample"
+        ):
+            raise ValueError(
+                "model.effect_knots adds a density shift to the network's output, which is an "
+                "image only with diffusion.prediction sample; set it, or model.effect_knots: 0"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dict (tuples become lists)."""
         return self.model_dump(mode="json")

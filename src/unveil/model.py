@@ -19,7 +19,7 @@ from torch import nn
 
 from unveil.conditioning import TextCondition
 from unveil.config import Config, config_from_dict
-from unveil.errors import CheckpointError, ConfigError
+from unveil.errors import CheckpointError
 from unveil.text.adapter import TextAdapter
 
 
@@ -101,13 +101,6 @@ def build_models(
     cond_dim = cfg.text.cond_dim
     m = len(meta.mask_channels)
     from unveil.data.preprocess import DEPTH_CHANNEL, POSITION_CHANNEL
-
-    diffusion = cfg.model.family == "diffusion"
-    if cfg.model.effect_knots and diffusion and cfg.diffusion.prediction != "sample":
-        raise ConfigError(
-            "model.effect_knots adds a density shift to the network's output, which is an "
-            "image only with diffusion.prediction sample; set it, or model.effect_knots: 0."
-        )
 
     names = list(meta.mask_channels)
     height = names.index(POSITION_CHANNEL) if POSITION_CHANNEL in names else None
