@@ -10,14 +10,16 @@ line on stderr and exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from unveil import __version__
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, describe_os_error, describe_write_failure
 
 # Order is the order shown in ``unveil --help``.
 COMMANDS = (
@@ -38,8 +40,15 @@ COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the sentence and where to look, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unveil",
         description=(
             "Train 3D generative models of CT conditioned on masks and clinical text, and "
@@ -72,19 +81,75 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    out = _out_hint(args)
     try:
-        return int(args.func(args) or 0)
+        with _locked(args):
+            return int(args.func(args) or 0)
     except UnveilError as err:
         if args.debug:
             raise
-        print(f"unveil {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _fail(args, str(err), err.exit_code)
+    except OSError as err:
+        # Full disk, read-only mount, permissions: one mapping for every command.
+        if args.debug:
+            raise
+        return _fail(args, describe_os_error(err, out))
+    except MemoryError:
+        if args.debug:
+            raise
+        return _fail(
+            args,
+            "ran out of memory; make the job smaller (fewer or smaller volumes: --n, --size, "
+            "train.batch_size, preprocess.patch_size) or use a machine with more memory.",
+        )
+    except RuntimeError as err:
+        sentence = None if args.debug else describe_write_failure(err, out)
+        if sentence is None:
+            raise
+        return _fail(args, sentence)
     except KeyboardInterrupt:
         print(
             f"unveil {args.command}: interrupted; outputs written so far are complete files.",
             file=sys.stderr,
         )
         return 130
+
+
+def _fail(args: argparse.Namespace, sentence: str, code: int = 2) -> int:
+    print(f"unveil {args.command}: error: {sentence}", file=sys.stderr)
+    return code
+
+
+def _out_hint(args: argparse.Namespace) -> str | None:
+    for name in ("out", "run"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+@contextlib.contextmanager
+def _locked(args: argparse.Namespace) -> Iterator[None]:
+    """Hold the output folder's lock while the command runs (commands set ``lock_folder``).
+
+    Under ``torchrun`` every rank runs the same command on the same folder: only global
+    rank 0 takes the lock, the other ranks are part of its job.
+    """
+    pick = getattr(args, "lock_folder", None)
+    folder = pick(args) if pick else None
+    if folder is None or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    from unveil.fs import FolderBusy, folder_lock
+
+    try:
+        with folder_lock(folder, f"unveil {args.command}"):
+            yield
+    except FolderBusy as busy:
+        raise UnveilError(
+            f"{busy.path} is in use by {busy.holder}; wait for that command to finish or "
+            "choose another output folder."
+        ) from None
 
 
 if __name__ == "__main__":

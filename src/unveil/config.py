@@ -452,6 +452,11 @@ def _read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, A
         raise ConfigError(f"config file {path} does not exist; check the path given to --config.")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.start} cannot be decoded); "
+            "save it as UTF-8 (or check that --config names the YAML file, not another file)."
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -63,7 +63,6 @@ def run_demo(
     """
     from unveil.analysis.analyze import analyze_run
     from unveil.analysis.report import verdict_lines, write_report
-    from unveil.config import load_config, resolve_config_path
     from unveil.data.phantom import make_phantom
     from unveil.data.table import find_table, read_clinical_table
     from unveil.fs import write_text
@@ -74,6 +73,7 @@ def run_demo(
     if model not in DEMO_CONFIGS:
         raise UnveilError(f"--model must be one of {', '.join(DEMO_CONFIGS)}, not '{model}'.")
     config = DEMO_CONFIGS[model] if config is None else config
+    cfg = _check_demo_args(config, n, size, steps, seeds)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UnveilError(
@@ -98,7 +98,6 @@ def run_demo(
     done("phantom")
 
     stage("prompts")
-    cfg = load_config(resolve_config_path(config))
     template = load_template(cfg.text.template)
     table = read_clinical_table(find_table(cohort), cfg.data.id_column)
     rows = table.drop(columns=[cfg.data.id_column]).to_dict("records")
@@ -120,8 +119,6 @@ def run_demo(
 
     splits = json.loads((run_dir / "splits.json").read_text())["splits"]
     held_out = [*splits.get("val", []), *splits.get("test", [])]
-    if len(held_out) < 6:
-        raise UnveilError(f"the demo needs at least 6 held-out subjects; raise --n (now {n}).")
     cf = out / "counterfactual"
     run_counterfactual(
         ckpt,
@@ -145,3 +142,28 @@ def run_demo(
     report = write_report(cf)
     done("report")
     return DemoResult(out, report, results, verdict_lines(results), seconds)
+
+
+def _check_demo_args(config: str, n: int, size: int, steps: int | None, seeds: int):
+    """Validate every argument before anything is built; returns the loaded config.
+
+    The demo takes minutes: a value that can only fail at the end (too few held-out
+    subjects, zero seeds) is refused here, in one sentence, before the phantom is written.
+    """
+    from unveil.config import load_config, resolve_config_path
+    from unveil.data.phantom import check_phantom_args
+    from unveil.data.splits import split_counts
+
+    check_phantom_args(n, size)
+    if steps is not None and steps < 1:
+        raise UnveilError(f"--steps {steps} is not a number of training steps; give 1 or more.")
+    if seeds < 1:
+        raise UnveilError(f"--seeds {seeds} is not usable; give at least 1 noise seed per subject.")
+    cfg = load_config(resolve_config_path(config))
+    counts = split_counts(n, cfg.split.fractions)
+    if sum(counts[1:]) < 6:
+        raise UnveilError(
+            f"--n {n} leaves {sum(counts[1:])} held-out subjects; the demo needs at least 6, "
+            "raise --n (the default is 160)."
+        )
+    return cfg

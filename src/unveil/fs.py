@@ -104,3 +104,82 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class FolderBusy(Exception):
+    """Raised by :func:`folder_lock` when another process holds the folder (carries the pid)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by {holder}")
+        self.path = path
+        self.holder = holder
+
+
+def lock_path_for(folder: str | os.PathLike) -> Path:
+    """The lock file of an output folder: a hidden sibling, so the folder itself stays clean.
+
+    A sibling (not a file inside) lets commands that build their folder elsewhere and rename
+    it into place (:func:`atomic_dir`) hold the lock for the whole run.
+    """
+    folder = Path(os.path.abspath(folder))
+    return folder.parent / f".{folder.name}.unveil-lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, owner: str) -> Iterator[Path]:
+    """Hold an exclusive operating-system lock on ``folder`` for the duration of the block.
+
+    The lock is an advisory ``flock`` (``msvcrt.locking`` on Windows) on a hidden sibling
+    file, so the kernel releases it when the process dies however it dies (kill -9
+    included): a stale lock cannot exist.  The holder writes ``pid <n> (<owner>)`` into the
+    file so a second writer can say who holds it.  The file is removed on release; the
+    inode check after locking makes that removal race-free (a process that locked a file
+    which was unlinked meanwhile retries on the new one).
+
+    Raises:
+        FolderBusy: another live process holds the lock.
+    """
+    path = lock_path_for(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            _try_lock(fd)
+        except OSError:
+            holder = _read_holder(path)
+            os.close(fd)
+            raise FolderBusy(Path(folder), holder) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file after we opened it: retry
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} ({owner})\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)  # closing releases the lock
+
+
+def _try_lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unveil.commands._options import positive_float, seed_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.05,
         help="false-discovery rate for 'significant' (default 0.05)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument(
         "--test",
         choices=("wilcoxon", "t"),
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--map-limit",
-        type=float,
+        type=positive_float,
         default=100.0,
         metavar="HU",
         help="colour scale of the PNG maps is [-HU, +HU] (default 100)",
@@ -77,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "recovery verdict (default 5)"
         ),
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.run)
 
 
 def run(args: argparse.Namespace) -> int:

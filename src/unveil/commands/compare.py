@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("evals", nargs="+", metavar="EVAL", help="folders written by unveil evaluate")
     p.add_argument("--out", required=True, help="folder for comparison.md/.csv/.png")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.out)
 
 
 def run(args: argparse.Namespace) -> int:

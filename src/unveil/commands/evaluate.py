@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unveil.commands._options import add_amp_option
+from unveil.commands._options import add_amp_option, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-adherence", action="store_true", help="skip the condition-adherence readers"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="noise seed of the generated volumes (default 0)"
+        "--seed", type=seed_int, default=0, help="noise seed of the generated volumes (default 0)"
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--guidance-scale", type=float, default=None)
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_amp_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unveil.commands._options import seed_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -24,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=64,
         help="grid size per axis, >= 16 and divisible by 8 (default 64)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unveil.commands._options import seed_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--spec", required=True, help="YAML spec of attributes and effects")
     p.add_argument("--out", required=True, help="output cohort folder (must not exist or be empty)")
     p.add_argument("--n", type=int, default=32, help="number of pseudo-patients (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--spacing",
         type=float,
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="crop size in voxels (one or three values) instead of random 80-95%% crops",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=2,
         help="show slice panels and GIFs for this many subjects per edit (default 2)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.run)
 
 
 def run(args: argparse.Namespace) -> int:

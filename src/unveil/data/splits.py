@@ -125,7 +125,7 @@ def load_or_make_splits(
         )
         return splits
 
-    splits, saved = _read_splits(path)
+    splits, saved = read_splits(path)
     cohort = set(ids)
     listed = {i for names in splits.values() for i in names}
     extra, missing = sorted(listed - cohort), sorted(cohort - listed)
@@ -155,7 +155,12 @@ def load_or_make_splits(
     return splits
 
 
-def _read_splits(path: Path) -> tuple[dict[str, list[str]], dict]:
+def read_splits(path: Path) -> tuple[dict[str, list[str]], dict]:
+    """Read and check a saved ``splits.json``: the split lists and the whole record.
+
+    Raises:
+        DataError: unreadable, not JSON, lists missing or an id in two splits.
+    """
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
