@@ -8,7 +8,6 @@ exactly; the real CT in ``../shared`` (skipped where absent) must give plausible
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 
 import numpy as np
@@ -176,14 +175,12 @@ def real_ct():
     if not path.exists():
         pytest.skip(f"real chest CT not found at {path} (../shared/data/chest_ct beside the repo)")
     ct = read_volume(path)
-    start = time.perf_counter()
-    mask = lungmask(ct)
-    return ct, mask, time.perf_counter() - start
+    # Its speed is measured in benchmarks/, never asserted here (timings vary by machine).
+    return ct, lungmask(ct)
 
 
 def test_real_ct_lungs_and_airway(real_ct) -> None:
-    ct, mask, seconds = real_ct
-    assert seconds < 45, f"lungmask took {seconds:.1f} s on the 7 M voxel CT"
+    ct, mask = real_ct
     assert mask.same_grid(ct) and mask.array.dtype == np.int16
     vols = lung_volume_litres(mask.array, mask.affine, LABELS)
     assert 2.0 < vols["right_lung"] + vols["left_lung"] < 8.0
@@ -206,7 +203,7 @@ def test_real_ct_lungs_and_airway(real_ct) -> None:
 
 def test_real_ct_on_a_6mm_grid_agrees_with_full_resolution(real_ct) -> None:
     # What the evaluation does: re-derive the mask from a coarse volume and compare.
-    ct, mask, _ = real_ct
+    ct, mask = real_ct
     f = 4
     nx, ny, nz = (s // f * f for s in ct.shape)
     small = ct.array[:nx, :ny, :nz].astype(np.float32).reshape(nx // f, f, ny // f, f, nz // f, f)

@@ -63,6 +63,7 @@ def run_demo(
     """
     from unveil.analysis.analyze import analyze_run
     from unveil.analysis.report import verdict_lines, write_report
+    from unveil.csvsafe import prompts_csv_text
     from unveil.data.phantom import make_phantom
     from unveil.data.table import find_table, read_clinical_table
     from unveil.fs import write_text
@@ -101,11 +102,8 @@ def run_demo(
     template = load_template(cfg.text.template)
     table = read_clinical_table(find_table(cohort), cfg.data.id_column)
     rows = table.drop(columns=[cfg.data.id_column]).to_dict("records")
-    lines = ["id,prompt"] + [
-        f'{sid},"{template.render(r)}"'
-        for sid, r in zip(table[cfg.data.id_column], rows, strict=True)
-    ]
-    write_text(out / "prompts.csv", "\n".join(lines) + "\n")
+    ids = [str(i) for i in table[cfg.data.id_column]]
+    write_text(out / "prompts.csv", prompts_csv_text(ids, [template.render(r) for r in rows]))
     print(f"[demo] e.g. {template.render(rows[0])}")
     done("prompts")
 

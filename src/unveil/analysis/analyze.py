@@ -49,7 +49,11 @@ Files:
     factual), the picture of chance on the same colour scale.
 
 The whole ``analysis/`` folder is built aside and moved into place at the end, so it is
-complete or absent; a re-run replaces it.
+complete or absent; a re-run replaces it.  A generated volume holding NaN or inf is
+refused (:class:`~unveil.errors.DataError`) instead of being averaged into NaN rows.  A
+CSV text cell a spreadsheet would run as a formula (an id ``=cmd``) is written ``'=cmd``
+(:mod:`unveil.csvsafe`); the raw ids stay in ``results.json`` (``run.subjects``) and in
+the ``maps/<id>/`` folder names.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ from unveil.analysis.stats import (
     standard_error,
     two_group_difference,
 )
-from unveil.errors import UnveilError
+from unveil.errors import DataError, UnveilError
 
 log = logging.getLogger(__name__)
 
@@ -476,6 +480,16 @@ def _read_generated(path: Path, shape: tuple[int, ...]) -> np.ndarray:
             f"{path} has shape {vol.shape} but the subject's mask has {tuple(shape)}; generated "
             "volumes must be on the source grid, re-run unveil counterfactual."
         )
+    # A NaN or inf would make every regional mean it touches NaN, and the rows then read
+    # as "no region differs from the noise floor"; the whole volume is checked (one pass).
+    if not np.isfinite(vol.array).all():
+        n_nan = int(np.isnan(vol.array).sum())
+        n_inf = int(np.isinf(vol.array).sum())
+        raise DataError(
+            f"{path} holds {n_nan} NaN and {n_inf} infinite voxel(s): the generator produced "
+            "non-finite values (a diverged model or a non-finite --guidance-scale); "
+            "regenerate the run with unveil counterfactual."
+        )
     return vol.array
 
 
@@ -625,9 +639,14 @@ def save_map_png(
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A CSV of ``rows``; a text cell a spreadsheet would run as a formula (an id ``=cmd``)
+    is written ``'=cmd`` (:mod:`unveil.csvsafe`; numbers are never changed, and the raw
+    ids stay in ``results.json``'s ``run.subjects`` and the ``maps/<id>/`` folder names)."""
     import pandas as pd
 
-    df = pd.DataFrame(list(rows), columns=list(columns))
+    from unveil.csvsafe import neutralise_frame
+
+    df = neutralise_frame(pd.DataFrame(list(rows), columns=list(columns)))
     return df.to_csv(index=False, na_rep="", lineterminator="\n", float_format="%.6g")
 
 

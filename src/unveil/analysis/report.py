@@ -76,8 +76,14 @@ def _truthy(v: Any) -> bool:
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV written by ``unveil analyze``, with the quote it puts in front of
+    formula-like text cells removed (:func:`unveil.csvsafe.restore_cell`)."""
+    from unveil.csvsafe import restore_cell
+
     with path.open(newline="", encoding="utf-8") as fh:
-        return [dict(row) for row in csv.DictReader(fh)]
+        return [
+            {restore_cell(k): restore_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)
+        ]
 
 
 def load_results(run_root: str | os.PathLike) -> dict[str, Any]:

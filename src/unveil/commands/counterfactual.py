@@ -19,7 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="ckpt-*.pt or a training run folder")
     p.add_argument("--cohort", required=True)
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder to write (an interrupted run with the same parameters is resumed; "
+        "never a cohort's images/ or masks/ folder)",
+    )
     p.add_argument(
         "--edit",
         action="append",
@@ -52,15 +57,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from-scan", action="store_true", help="diffusion: invert each real scan and edit it"
     )
-    p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument(
-        "--steps", type=int, default=None, help="sampling steps (default diffusion.sample_steps)"
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance, a finite number from 0 to 100 "
+        "(default diffusion.guidance_scale)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps, 1 or more (default diffusion.sample_steps)",
     )
     p.add_argument("--device", default="cpu")
     add_amp_option(p)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in a folder holding a complete or interrupted run",
+    )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unveil.commands._options import add_amp_option
+from unveil.commands._options import add_amp_option, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,19 +15,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--cohort", required=True)
-    p.add_argument("--out", required=True, help="folder for <id>.nii.gz")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <id>.nii.gz (never a cohort's images/ or masks/ folder)",
+    )
     p.add_argument("--ids", nargs="+", default=None)
     p.add_argument("--split", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed, 0 or more (default 0)")
     p.add_argument(
         "--set", dest="edits", action="append", default=[], help="edit applied to every prompt"
     )
-    p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance, a finite number from 0 to 100 "
+        "(default diffusion.guidance_scale)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps, 1 or more (default diffusion.sample_steps)",
+    )
     p.add_argument("--device", default="cpu")
     add_amp_option(p)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing <id>.nii.gz files in --out"
+    )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         amp=args.amp,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(f"wrote {len(written)} volume(s) to {args.out}")
     return 0

@@ -9,6 +9,9 @@ file.  The prompts are written as an ``id,prompt`` CSV (atomically) with ``--out
 printed to stdout as that CSV; a per-field table (present / missing counts, after the
 edits) goes to stdout with ``--out`` and to stderr without it, so the CSV can be piped.
 Prompts never contain the id: templates that would render an identifier are refused.
+A cell that a spreadsheet would run as a formula (an id ``=cmd``, ``@x``, ``-x``) is
+written with a quote in front (``'=cmd``, see :mod:`unveil.csvsafe`).  A workbook whose
+formula cells have no stored value is refused, naming the cells.
 ``--probe FIELD`` encodes the prompts and reports how well the encoder separates the
 values of FIELD (see ``unveil.text.probe``).
 """
@@ -16,10 +19,10 @@ values of FIELD (see ``unveil.text.probe``).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
+
+from unveil.csvsafe import prompts_csv_text
 
 HELP = "render the clinical table into one prompt per subject (with optional edits)"
 
@@ -73,7 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unveil import fs
-    from unveil.data.table import find_table, read_clinical_table, require_ids, table_rows
+    from unveil.data.table import (
+        find_table,
+        read_clinical_table,
+        require_computed,
+        require_ids,
+        table_rows,
+    )
     from unveil.errors import UnveilError
     from unveil.text.edits import apply_edits, parse_edits
     from unveil.text.template import load_template
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--out {out} is the clinical table itself; choose another file name."
             )
     df = read_clinical_table(path, id_column=args.id_column)
+    require_computed(df, path)
     require_ids(df, path, args.id_column)
     template.check_columns(df.columns, source=f"clinical table {path}")
 
@@ -118,11 +128,11 @@ def run(args: argparse.Namespace) -> int:
 
     table = _counts_table(template, rows, edits, path)
     if out is not None:
-        fs.write_text(out, _csv_text(ids, prompts))
+        fs.write_text(out, prompts_csv_text(ids, prompts))
         print(table)
         print(f"wrote {len(prompts)} prompts to {out}")
     else:
-        sys.stdout.write(_csv_text(ids, prompts))
+        sys.stdout.write(prompts_csv_text(ids, prompts))
         sys.stdout.flush()
         print(table, file=sys.stderr)
 
@@ -139,14 +149,6 @@ def _probe_api():
     from unveil.text.probe import probe_field
 
     return build_encoder, probe_field
-
-
-def _csv_text(ids: list[str], prompts: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "prompt"])
-    w.writerows(zip(ids, prompts, strict=True))
-    return buf.getvalue()
 
 
 def _counts_table(template, rows: list[dict], edits, path: Path) -> str:

@@ -38,7 +38,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from unveil.data.io import Volume, read_volume, volume_stem, volume_suffix
-from unveil.data.table import TABLE_NAMES, duplicate_ids, find_table, read_clinical_table
+from unveil.data.table import (
+    TABLE_NAMES,
+    duplicate_ids,
+    find_table,
+    read_clinical_table,
+    require_computed,
+    uncomputed_formulas_sentence,
+)
 from unveil.errors import DataError
 
 if TYPE_CHECKING:
@@ -204,8 +211,9 @@ class _Layout:
 def _layout(root: Path, data_cfg: DataConfig, *, strict: bool, require_table: bool) -> _Layout:
     """Inventory of a cohort folder and the problems visible without reading volumes.
 
-    With ``strict`` a missing folder or an unreadable table raises :class:`DataError`
-    (for :meth:`Cohort.open`); otherwise it becomes a problem (for ``unveil check``, which
+    With ``strict`` a missing folder, an unreadable table or a workbook whose formula cells
+    have no stored value raises :class:`DataError` (for :meth:`Cohort.open`); otherwise it
+    becomes a problem (an error, or a warning for the formulas; for ``unveil check``, which
     reports as much as it can).
     """
     if not root.is_dir():
@@ -256,6 +264,15 @@ def _layout(root: Path, data_cfg: DataConfig, *, strict: bool, require_table: bo
             if strict:
                 raise
             problems.append(Problem("error", None, table_path or root, str(err)))
+    if table is not None and table_path is not None:
+        # Formula cells of a workbook without a stored value read as missing: every use of
+        # the values (train, counterfactual, evaluate, analyze) refuses them, while
+        # ``unveil check`` only warns, since the rest of the cohort is still worth checking.
+        if strict:
+            require_computed(table, table_path)
+        msg = uncomputed_formulas_sentence(table, table_path)
+        if msg:
+            problems.append(Problem("warning", None, table_path, msg))
     layout = _Layout(folders[IMAGES_DIR], folders[MASKS_DIR], table_path, table, problems)
     if table is not None:
         layout.table_counts = {
@@ -420,8 +437,10 @@ class Cohort:
         """Open the cohort at ``root`` without reading any volume.
 
         Raises :class:`DataError` (one sentence) when the layout is absent (no folder, no
-        images/ or masks/, no readable table when ``require_table``) or when no subject is
-        complete.  Subjects with a problem are left out and listed in ``problems``.
+        images/ or masks/, no readable table when ``require_table``), when the table is a
+        workbook whose formula cells have no stored value (they would read as missing), or
+        when no subject is complete.  Subjects with a problem are left out and listed in
+        ``problems``.
         """
         root = Path(root)
         lay = _layout(root, data_cfg, strict=True, require_table=require_table)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from unveil.config import DataConfig, PreprocessConfig
+from unveil.csvsafe import neutralise_frame
 from unveil.data.effects import (
     PlantSpec,
     apply_effects,
@@ -403,14 +404,20 @@ def plant_cohort(
                     "deform_seed": info["deform_seed"],
                 }
             )
+        # Level names come from the spec and source ids from file names: a text cell a
+        # spreadsheet would run as a formula is written '=x (unveil.csvsafe), which
+        # read_clinical_table restores; the raw source ids stay in effects.json.
         cols = ["id", *names]
         for fname, rows in (("clinical.csv", rows_obs), ("truth.csv", rows_true)):
             write_text(
                 tmp / fname,
-                pd.DataFrame(rows, columns=cols).to_csv(index=False, lineterminator="\n"),
+                neutralise_frame(pd.DataFrame(rows, columns=cols)).to_csv(
+                    index=False, lineterminator="\n"
+                ),
             )
         write_text(
-            tmp / "provenance.csv", pd.DataFrame(rows_prov).to_csv(index=False, lineterminator="\n")
+            tmp / "provenance.csv",
+            neutralise_frame(pd.DataFrame(rows_prov)).to_csv(index=False, lineterminator="\n"),
         )
         record = effects_record(
             spec.effects,

@@ -14,6 +14,20 @@ A row with more or fewer fields than the header, or a column name given twice, i
 and empty ids are not an error here: :func:`duplicate_ids` lists them, ``unveil check``
 reports them, and :func:`require_ids` refuses them where every row must be one subject.
 
+A workbook saved by a program that does not compute formulas (openpyxl, pandas) holds
+formula cells without a stored value, which every reader, pandas included, sees as empty:
+the values would silently become missing.  :func:`read_clinical_table` records those cells
+of the sheet it reads (:func:`uncomputed_formulas`); the callers decide: ``unveil check``
+warns, and ``unveil prompts`` and every command that opens a cohort refuse
+(:func:`require_computed`).  (xlsxwriter stores 0 as the value of every formula instead,
+which cannot be told from a real 0 and is not detected.)
+
+A text cell of a ``.csv``/``.tsv``/``.txt`` table that begins with a single quote followed
+by ``=``, ``+``, ``-``, ``@``, a tab or a carriage return loses that quote when read: it is
+how unveil (see :mod:`unveil.csvsafe`) and other tools following OWASP write such values so
+that spreadsheets do not run them as formulas, so a table unveil wrote (the ``clinical.csv``
+of ``unveil plant``) reads back exactly.
+
 This is the one reader of clinical tables: the cohort layer, ``unveil check`` and
 ``unveil prompts`` all use it.
 """
@@ -23,13 +37,20 @@ from __future__ import annotations
 import contextlib
 import csv
 import difflib
+import logging
 import os
+import posixpath
 import re
+import zipfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pandas as pd
 
+from unveil.csvsafe import restore_frame
 from unveil.errors import DataError
+
+log = logging.getLogger(__name__)
 
 #: Names looked for in a cohort folder when ``data.table`` is not set.
 TABLE_NAMES = ("clinical.csv", "clinical.xlsx", "clinical.tsv")
@@ -40,6 +61,12 @@ _EXCEL = (".xlsx", ".xlsm")
 # pandas' default missing-value markers include "None", which in a clinical table is often
 # a real answer ("occupational exposure: None"); this list keeps it as text.
 _NA_VALUES = ["", "NA", "N/A", "n/a", "NaN", "nan", "#N/A", "NULL", "null", "<NA>"]
+
+# Key of ``DataFrame.attrs`` where read_clinical_table records the formula cells without a
+# stored value: {"sheet": name, "cells": ["B3", ...]}.
+_FORMULAS_ATTR = "unveil_uncomputed_formulas"
+# How many cells a sentence names before "and N more".
+_SHOWN_CELLS = 5
 
 
 def find_table(cohort_root: str | os.PathLike, table_name: str | None = None) -> Path:
@@ -95,6 +122,12 @@ def read_clinical_table(path: str | os.PathLike, id_column: str = "id") -> pd.Da
     non-blank line of a text file; exact for text files without line breaks inside quoted
     values and for sheets without blank rows above the header).
 
+    Text cells of a delimited file quoted against spreadsheet formulas (``'=x``, see
+    :mod:`unveil.csvsafe`) are restored (``=x``).  For a workbook, the formula cells of the
+    sheet that hold no stored value are recorded in ``df.attrs`` (read them with
+    :func:`uncomputed_formulas`; :func:`require_computed` refuses them): they read as
+    missing, which the caller must warn about or refuse.
+
     Raises :class:`DataError` (one sentence) when the file is missing, unreadable or
     malformed (a row with more or fewer fields than the header), names a column twice,
     has no id column, or has no rows.
@@ -103,10 +136,13 @@ def read_clinical_table(path: str | os.PathLike, id_column: str = "id") -> pd.Da
     if not path.is_file():
         raise DataError(f"clinical table {path} does not exist; check the path.")
     suffix = path.suffix.lower()
+    formulas = None
     if suffix in _DELIMITED:
         df, first_row = _read_delimited(path, suffix, id_column)
+        df = restore_frame(df)
     elif suffix in _EXCEL:
         df, first_row = _read_excel(path), 2
+        formulas = _uncomputed_formula_cells(path)
     elif suffix == ".xls":
         raise DataError(
             f"{path} is an old .xls workbook; save it as .xlsx or .csv and point data.table at it."
@@ -132,7 +168,41 @@ def read_clinical_table(path: str | os.PathLike, id_column: str = "id") -> pd.Da
     if df.empty:
         raise DataError(f"{path} has a header but no rows; add one row per subject.")
     df[id_column] = [_id_string(v) for v in df[id_column]]
+    if formulas is not None and formulas[1]:
+        df.attrs[_FORMULAS_ATTR] = {"sheet": formulas[0], "cells": list(formulas[1])}
     return df
+
+
+def uncomputed_formulas(df: pd.DataFrame) -> tuple[str, list[str]]:
+    """``(sheet name, cells)`` of a table read by :func:`read_clinical_table`: the cells
+    (``"B3"``) of the sheet read that hold a formula but no stored value, and so read as
+    missing; ``("", [])`` for a text table or a workbook without such cells."""
+    rec = df.attrs.get(_FORMULAS_ATTR) or {}
+    return str(rec.get("sheet", "")), list(rec.get("cells", []))
+
+
+def uncomputed_formulas_sentence(df: pd.DataFrame, path: str | os.PathLike) -> str | None:
+    """The sentence naming the formula cells without a value (see
+    :func:`uncomputed_formulas`) and the fix, or ``None`` when there are none."""
+    sheet, cells = uncomputed_formulas(df)
+    if not cells:
+        return None
+    shown = ", ".join(cells[:_SHOWN_CELLS])
+    if len(cells) > _SHOWN_CELLS:
+        shown += f" and {len(cells) - _SHOWN_CELLS} more"
+    return (
+        f"{path} has {len(cells)} formula cell(s) without a computed value on sheet "
+        f"'{sheet}' ({shown}), which would be read as missing values; open and save the file "
+        "in a spreadsheet program so the values are computed, or replace formulas by values."
+    )
+
+
+def require_computed(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Refuse (:class:`DataError`, one sentence) a table read from a workbook whose formula
+    cells have no stored value, for uses where those values would silently be missing."""
+    msg = uncomputed_formulas_sentence(df, path)
+    if msg:
+        raise DataError(msg)
 
 
 def duplicate_ids(df: pd.DataFrame, id_column: str = "id") -> list[str]:
@@ -265,6 +335,122 @@ def _read_excel(path: Path) -> pd.DataFrame:
             f"{path} is not a readable {path.suffix.lower()} workbook ({reason}); re-save it "
             "from the spreadsheet program or export it as .csv."
         ) from None
+
+
+def _uncomputed_formula_cells(path: Path) -> tuple[str, list[str]] | None:
+    """``(sheet name, cells)`` of the first worksheet (the one pandas reads) that hold a
+    formula (``<f>``) but no stored value (no ``<v>``, or an empty one on a cell that is
+    not text), in file order, or ``None`` when the workbook's parts cannot be followed (it
+    was read, so this is only logged).
+
+    The sheet XML is read directly because openpyxl cannot tell these cells apart: with
+    ``data_only=True`` a formula never computed (openpyxl writes ``<f>B2+1</f><v/>``) and
+    a formula whose stored result is empty text (``=IF(A2="","",A2)``, which Excel writes
+    ``t="str"`` with ``<v></v>``) are both ``None``; the second is a real (blank) value.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            sheet, part = _first_worksheet(zf)
+            with zf.open(part) as fh:
+                return sheet, _formula_cells_without_value(fh)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, ElementTree.ParseError) as err:
+        log.warning("could not check %s for formulas without a stored value: %s", path, err)
+        return None
+
+
+def _local(tag: str) -> str:
+    """An XML name without its namespace (``{ns}sheet`` -> ``sheet``)."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _relationships(zf: zipfile.ZipFile, rels_path: str) -> dict[str, tuple[str, str]]:
+    """``{id: (type, target)}`` of a ``.rels`` part."""
+    root = ElementTree.fromstring(zf.read(rels_path))
+    return {
+        el.get("Id", ""): (el.get("Type", ""), el.get("Target", ""))
+        for el in root.iter()
+        if _local(el.tag) == "Relationship"
+    }
+
+
+def _first_worksheet(zf: zipfile.ZipFile) -> tuple[str, str]:
+    """``(name, part path)`` of the first worksheet of a workbook, as openpyxl (and so
+    pandas' ``sheet_name=0``) finds it: the first sheet of ``workbook.xml`` that is not a
+    chart sheet and whose part exists."""
+    names = set(zf.namelist())
+    book = "xl/workbook.xml"
+    if "_rels/.rels" in names:
+        for kind, target in _relationships(zf, "_rels/.rels").values():
+            if kind.endswith("/officeDocument"):
+                book = target.lstrip("/")
+                break
+    folder = posixpath.dirname(book)
+    rels = _relationships(zf, posixpath.join(folder, "_rels", posixpath.basename(book) + ".rels"))
+    for el in ElementTree.fromstring(zf.read(book)).iter():
+        if _local(el.tag) != "sheet":
+            continue
+        rid = next((v for k, v in el.attrib.items() if k.startswith("{") and _local(k) == "id"), "")
+        kind, target = rels.get(rid, ("", ""))
+        if not target or "chartsheet" in kind:
+            continue
+        part = (
+            target.lstrip("/")
+            if target.startswith("/")
+            else posixpath.normpath(posixpath.join(folder, target))
+        )
+        if part in names:
+            return el.get("name", ""), part
+    raise KeyError("the workbook has no worksheet")
+
+
+def _formula_cells_without_value(fh) -> list[str]:
+    """References (``B3``) of the ``<c>`` cells of a sheet part with a formula but no
+    stored value (see :func:`_uncomputed_formula_cells`)."""
+    cells: list[str] = []
+    row = col = 0
+    for event, el in ElementTree.iterparse(fh, events=("start", "end")):
+        tag = _local(el.tag)
+        if event == "start":
+            if tag == "row":
+                row = int(el.get("r") or row + 1)
+                col = 0
+            continue
+        if tag == "c":
+            ref = el.get("r")
+            if ref:
+                letters = re.match(r"[A-Za-z]*", ref).group(0).upper()
+                col = _column_number(letters) if letters else col + 1
+            else:
+                col += 1
+                ref = f"{_column_letters(col)}{row}"
+            kids = {_local(child.tag): child for child in el}
+            if "f" in kids and "is" not in kids:
+                value = kids.get("v")
+                # An empty <v/> is a stored value only for text (t="str": a formula whose
+                # result is ""); openpyxl writes <f>..</f><v/> for a formula never computed.
+                if value is None or (not value.text and el.get("t") != "str"):
+                    cells.append(ref)
+            el.clear()
+        elif tag == "row":
+            el.clear()
+    return cells
+
+
+def _column_number(letters: str) -> int:
+    """``A`` -> 1, ``Z`` -> 26, ``AA`` -> 27."""
+    n = 0
+    for ch in letters:
+        n = n * 26 + ord(ch) - ord("A") + 1
+    return n
+
+
+def _column_letters(n: int) -> str:
+    """1 -> ``A``, 27 -> ``AA``."""
+    out = ""
+    while n > 0:
+        n, rem = divmod(n - 1, 26)
+        out = chr(ord("A") + rem) + out
+    return out
 
 
 def _id_string(value: object) -> str:

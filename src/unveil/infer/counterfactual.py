@@ -22,12 +22,28 @@ current smokers already.
 
 Writes the layout of :mod:`unveil.analysis.layout`; ``counterfactual.json`` is written
 last, so a run without it is incomplete (and ``unveil analyze`` says so).
+
+Resuming: before the first volume, the run's parameters (checkpoint file, cohort files,
+edits, baseline, controls, seeds, subjects, noise rule, guidance, steps, precision) are
+written to ``counterfactual.plan.json``.  Re-running an interrupted run (the plan there,
+``counterfactual.json`` not) with the same parameters keeps every volume already written
+(volumes are written atomically, so a file that exists is complete) and generates only the
+missing ones; since each volume depends only on its (subject, seed, prompt) and noise, the
+result is the one an uninterrupted run gives.  Other parameters are refused unless
+``overwrite`` (which starts the run again from scratch).
+
+Safety: no output may land in a cohort's ``images/`` or ``masks/`` folder (not even with
+``overwrite``), guidance scale and steps are checked before the model is loaded, and every
+generated volume is checked for NaN/inf before it is written (:func:`check_finite`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +61,84 @@ NOISE_RULE = "per-subject"
 NOISE_STREAMS = {"pair": 0, "floor": 1}
 #: Default number of permuted-label controls per null-edit field.
 PERMUTED_CONTROLS = 2
+#: The parameters of a run, written before its first volume (resuming compares against it).
+PLAN_JSON = "counterfactual.plan.json"
+#: Largest accepted classifier-free guidance scale.  Useful scales are about 1 to 15 (the
+#: config default is 1); far above that the guided prediction is dominated by the amplified
+#: conditional-minus-unconditional difference, samples saturate at the HU window and, at
+#: ~1e30, overflow to inf/NaN.  0 (unconditional) is the lower bound, as in the config.
+MAX_GUIDANCE_SCALE = 100.0
+#: What a non-finite generated volume most likely means (part of the error sentence).
+NONFINITE_CAUSE = "a diverged checkpoint or a non-finite/huge --guidance-scale"
+
+
+def check_sampling_options(guidance_scale: float | None, steps: int | None) -> None:
+    """Refuse a guidance scale or step count that cannot give a usable volume.
+
+    Called before the model is loaded and before anything is written.  ``None`` means the
+    checkpoint's own ``diffusion.guidance_scale`` / ``diffusion.sample_steps``.
+    """
+    if guidance_scale is not None:
+        g = float(guidance_scale)
+        if not math.isfinite(g) or not 0.0 <= g <= MAX_GUIDANCE_SCALE:
+            raise UnveilError(
+                f"--guidance-scale {guidance_scale} is not a finite number between 0 and "
+                f"{MAX_GUIDANCE_SCALE:g}; give a value such as 3, or omit it to use the "
+                "checkpoint's diffusion.guidance_scale."
+            )
+    if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
+        raise UnveilError(
+            f"--steps {steps} is not a whole number of at least 1; give the number of sampling "
+            "steps, e.g. 50, or omit it to use the checkpoint's diffusion.sample_steps."
+        )
+
+
+def check_finite(volume, subject: str, seed: int, what: str | None = None) -> None:
+    """Refuse a generated volume holding NaN or inf (it is then not written)."""
+    array = np.asarray(volume.array)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        kind = f" ({what})" if what else ""
+        raise UnveilError(
+            f"the generated volume of subject {subject}, seed {seed}{kind} holds {bad} "
+            f"non-finite value(s) (NaN or inf) and was not written; the likely cause is "
+            f"{NONFINITE_CAUSE}, so use an earlier checkpoint or a smaller --guidance-scale."
+        )
+
+
+def refuse_cohort_folders(out: str | Path, cohort_root: str | Path) -> None:
+    """Refuse an output folder that is, or lies in, a cohort's ``images/`` or ``masks/``.
+
+    Checked against the given cohort, and against any ``images``/``masks`` folder that sits
+    next to a clinical table (another cohort).  Not even ``--overwrite`` allows it: those
+    folders hold the real scans and masks.
+    """
+    from unveil.data.cohort import IMAGES_DIR, MASKS_DIR
+    from unveil.data.table import TABLE_NAMES
+
+    target = Path(os.path.abspath(Path(out).expanduser())).resolve()
+    root = Path(os.path.abspath(Path(cohort_root).expanduser())).resolve()
+    hit: tuple[Path, Path] | None = None
+    for name in (IMAGES_DIR, MASKS_DIR):
+        folder = root / name
+        if target == folder or folder in target.parents:
+            hit = (folder, root)
+            break
+    if hit is None:
+        for folder in (target, *target.parents):
+            if folder.name in (IMAGES_DIR, MASKS_DIR) and any(
+                (folder.parent / t).is_file() for t in TABLE_NAMES
+            ):
+                hit = (folder, folder.parent)
+                break
+    if hit is not None:
+        folder, cohort = hit
+        raise UnveilError(
+            f"--out {out} lies in {folder}, the {folder.name}/ folder of the cohort at {cohort}, "
+            "where generated volumes would replace real data (refused even with --overwrite); "
+            "choose a folder outside the cohort's images/ and masks/."
+        )
 
 
 def _subject_key(subject: str) -> int:
@@ -120,8 +214,6 @@ def subject_ids(cohort, ids: list[str] | None, split: str | None, checkpoint: Pa
             )
         return list(ids)
     if split:
-        import json
-
         run_dir = (
             checkpoint.parent.parent
             if checkpoint.parent.name == "checkpoints"
@@ -134,7 +226,9 @@ def subject_ids(cohort, ids: list[str] | None, split: str | None, checkpoint: Pa
             raise UnveilError(
                 f"--split {split} needs the training run's splits.json next to {checkpoint}; pass --ids instead."
             )
-        splits = json.loads(path.read_text())["splits"]
+        from unveil.data.splits import read_splits
+
+        splits, _ = read_splits(path)
         if split not in splits:
             raise UnveilError(f"--split must be one of {', '.join(splits)}, not {split}.")
         return [i for i in splits[split] if i in available]
@@ -159,6 +253,7 @@ class Generator:
 
         if amp not in AMP_CHOICES:  # before the model is loaded or anything is written
             raise UnveilError(f"--amp must be one of {', '.join(AMP_CHOICES)}, not '{amp}'.")
+        check_sampling_options(guidance_scale, steps)
         from unveil.text.cache import EmbeddingCache
         from unveil.text.encoders import build_encoder
 
@@ -170,9 +265,40 @@ class Generator:
         check_text_setup(self.lm, encoder, template)
         self.cache = EmbeddingCache(encoder, cache_dir=None)
         self.pre = Preprocessor(self.cfg.preprocess, self.cfg.data)
+        if self.cfg.model.family == "diffusion":
+            diff = self.cfg.diffusion
+            if steps is not None and steps > diff.timesteps:
+                raise UnveilError(
+                    f"--steps {steps} is more than the {diff.timesteps} diffusion timesteps "
+                    f"checkpoint {self.lm.path} was trained with; give a value between 1 and "
+                    f"{diff.timesteps}."
+                )
+            own = float(diff.guidance_scale)
+            if guidance_scale is None and not (
+                math.isfinite(own) and 0.0 <= own <= MAX_GUIDANCE_SCALE
+            ):
+                raise UnveilError(
+                    f"checkpoint {self.lm.path} sets diffusion.guidance_scale to {own}, which is "
+                    f"not a finite number between 0 and {MAX_GUIDANCE_SCALE:g}; pass "
+                    "--guidance-scale with a value such as 3."
+                )
         self.guidance_scale = guidance_scale
         self.steps = steps
         self.amp = amp
+
+    @property
+    def effective_guidance_scale(self) -> float:
+        """The guidance scale sampling uses (``--guidance-scale`` or the checkpoint's)."""
+        if self.guidance_scale is not None:
+            return float(self.guidance_scale)
+        return float(self.cfg.diffusion.guidance_scale)
+
+    @property
+    def effective_steps(self) -> int | None:
+        """Sampling steps of a diffusion model (None for a GAN, which has none)."""
+        if self.cfg.model.family != "diffusion":
+            return None
+        return int(self.steps if self.steps is not None else self.cfg.diffusion.sample_steps)
 
     def condition(self, prompt: str) -> TextCondition:
         enc = self.cache.get([prompt])
@@ -229,6 +355,33 @@ class Generator:
         return self.pre.to_source(fake[0].cpu(), prepared, is_unit=True)
 
 
+def _file_identity(path: str | Path) -> dict[str, Any]:
+    st = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _cohort_fingerprint(cohort, subjects: list[str]) -> str:
+    """A digest of the clinical table's bytes and of each subject's image and mask files
+    (name, size, modification time): it changes when the inputs of the run change."""
+    h = hashlib.sha256()
+    if cohort.table_path is not None:
+        h.update(Path(cohort.table_path).read_bytes())
+    for sid in subjects:
+        subject = cohort[sid]
+        for f in (subject.image, subject.mask):
+            st = Path(f).stat()
+            h.update(f"{sid}\0{Path(f).name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_plan(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def run_counterfactual(
     checkpoint: str | Path,
     cohort_root: str | Path,
@@ -251,6 +404,8 @@ def run_counterfactual(
     """Generate the factual / edited / noise-floor volumes of every subject and seed.
 
     ``n_permuted`` permuted-label controls are generated per null-edit field (0: none).
+    An interrupted run in ``out`` with the same parameters is resumed (volumes already
+    written are kept); ``overwrite`` starts over, also over a complete run.
     """
     from tqdm.auto import tqdm
 
@@ -263,12 +418,15 @@ def run_counterfactual(
 
     out = Path(out)
     layout = RunLayout(out)
+    plan_path = out / PLAN_JSON
     if not edits and not null_edits:
         raise UnveilError("give at least one --edit (for example --edit smoking=current).")
-    if seeds < 1:
-        raise UnveilError("--seeds must be at least 1.")
+    if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
+        raise UnveilError(f"--seeds {seeds} is not a whole number of at least 1; give e.g. 3.")
     if n_permuted < 0:
         raise UnveilError("--permuted-controls must be 0 or more.")
+    check_sampling_options(guidance_scale, steps)
+    refuse_cohort_folders(out, cohort_root)
     if layout.json_path.exists() and not overwrite:
         raise UnveilError(
             f"{out} already holds a counterfactual run; choose another --out or pass --overwrite."
@@ -282,6 +440,8 @@ def run_counterfactual(
             steps=steps,
             amp=amp,
         )
+        if from_scan and gen.cfg.model.family != "diffusion":  # before the plan is written
+            raise UnveilError("--from-scan inverts a diffusion model; this checkpoint is a GAN.")
         template = gen.template
         parsed = {e: parse_edit(e, template) for e in [*edits, *null_edits]}
         base = [parse_edit(b, template) for b in baseline]
@@ -300,12 +460,109 @@ def run_counterfactual(
             subjects, rows, [column_of.get(c, c) for c in null_columns], n_permuted
         )
         seed_list = [0] if from_scan else list(range(int(seeds)))
+        # The final record, known before the first volume; written last.
+        record: dict[str, Any] = {
+            "checkpoint": str(Path(gen.lm.path).resolve()),
+            "cohort": str(Path(cohort_root).resolve()),
+            "family": gen.cfg.model.family,
+            "edits": [str(parsed[e]) for e in edits],
+            "null_edits": [str(parsed[e]) for e in null_edits],
+            "baseline": [str(b) for b in base],
+            "permuted_controls": list(perms),
+            "seeds": seed_list,
+            "noise": NOISE_RULE,
+            "subjects": subjects,
+            "from_scan": bool(from_scan),
+            "guidance_scale": guidance_scale
+            if guidance_scale is not None
+            else gen.cfg.diffusion.guidance_scale,
+            "steps": gen.effective_steps,
+            "hu_window": list(gen.cfg.preprocess.hu_window),
+            "amp": amp,
+            "config": gen.cfg.to_dict(),
+        }
+        # What the volumes depend on: a rerun with the same plan may keep them.
+        plan: dict[str, Any] = {
+            "checkpoint": {**_file_identity(gen.lm.path), "step": gen.lm.step},
+            "cohort": record["cohort"],
+            "cohort_files": _cohort_fingerprint(cohort, subjects),
+            "family": record["family"],
+            "edits": record["edits"],
+            "null_edits": record["null_edits"],
+            "baseline": record["baseline"],
+            "permuted_controls": record["permuted_controls"],
+            "seeds": seed_list,
+            "noise": NOISE_RULE,
+            "subjects": subjects,
+            "from_scan": bool(from_scan),
+            "guidance_scale": gen.effective_guidance_scale,
+            "steps": gen.effective_steps,
+            "amp": amp,
+        }
+        plan = json.loads(json.dumps(plan))  # as it reads back from disk
+        resume = False
+        if plan_path.exists() and not overwrite:
+            old = _read_plan(plan_path)
+            if old is None:
+                raise UnveilError(
+                    f"{plan_path} is unreadable, so the interrupted run in {out} cannot be "
+                    "resumed; choose another --out or pass --overwrite to start it again."
+                )
+            differ = [k for k in dict.fromkeys([*plan, *old]) if plan.get(k) != old.get(k)]
+            if "subjects" in differ:  # other subjects have other files: say it once
+                differ = [k for k in differ if k != "cohort_files"]
+            if differ:
+                raise UnveilError(
+                    f"{out} holds an interrupted counterfactual run made with other parameters "
+                    f"({', '.join(differ)} differ); choose another --out, or pass --overwrite "
+                    "to discard it and start again."
+                )
+            resume = True
+        every = layout.volumes(record)
+        barrier(info)  # every rank has read the old plan before the main one replaces it
+        if info.is_main and not resume:
+            # A fresh start: nothing in the folder belongs to this run yet.  The old record
+            # goes first (the folder must not look complete while it is rewritten), then
+            # any volume at one of this run's paths (it would be kept by a resume).
+            layout.json_path.unlink(missing_ok=True)
+            for path in every:
+                path.unlink(missing_ok=True)
+            write_json(plan_path, plan)
+        barrier(info)
+
         mine = subjects[info.rank :: info.world_size]  # subjects sharded over ranks
-        total = len(mine) * len(seed_list) * (2 + len(names) + len(perms))
+        contrasts = [*names, *perms]
+        todo: dict[str, list[tuple[int, str, Path]]] = {}
+        total = 0
+        for sid in mine:
+            jobs = []
+            for k in seed_list:
+                jobs.append((k, "factual", layout.factual(sid, k)))
+                jobs.append((k, "floor", layout.floor(sid, k)))
+                jobs.extend((k, n, layout.edited(sid, n, k)) for n in contrasts)
+            total += len(jobs)
+            todo[sid] = [j for j in jobs if not (resume and j[2].is_file())]
+        skipped = total - sum(len(j) for j in todo.values())
+        if resume:
+            log.info(
+                "resuming the counterfactual run in %s%s: %d of %d volume(s) already written are "
+                "kept (skipped), %d to generate",
+                out,
+                f" (rank {info.rank})" if info.world_size > 1 else "",
+                skipped,
+                total,
+                total - skipped,
+            )
         bar = tqdm(
-            total=total, desc="counterfactual", unit="vol", disable=not (progress and info.is_main)
+            total=total,
+            initial=skipped,
+            desc="counterfactual",
+            unit="vol",
+            disable=not (progress and info.is_main),
         )
         for sid in mine:
+            if not todo[sid]:
+                continue
             image, mask = cohort.load(sid)
             prepared = gen.pre.prepare(image, mask)
             row = apply_edits(rows[sid], base, template) if base else dict(rows[sid])
@@ -319,48 +576,33 @@ def run_counterfactual(
                 prompts[name] = template.render({**row, col: values[sid]})
             latent = gen.invert(prepared, factual_prompt) if from_scan else None
             shape = tuple(prepared.image.shape[-3:])
-            for k in seed_list:
-                noise = latent if latent is not None else subject_noise(shape, sid, k)
-                write_volume(
-                    gen.to_hu(gen.generate(prepared, factual_prompt, noise), prepared),
-                    layout.factual(sid, k),
-                )
+            pair_noise: dict[int, torch.Tensor] = {}
+            for k, what, path in todo[sid]:
+                if what == "floor":
+                    prompt, noise = factual_prompt, subject_noise(shape, sid, k, stream="floor")
+                    label = "noise floor"
+                else:
+                    if k not in pair_noise:
+                        pair_noise[k] = (
+                            latent if latent is not None else subject_noise(shape, sid, k)
+                        )
+                    noise = pair_noise[k]
+                    prompt = factual_prompt if what == "factual" else prompts[what]
+                    label = what if what == "factual" else f"contrast {what}"
+                volume = gen.to_hu(gen.generate(prepared, prompt, noise), prepared)
+                check_finite(volume, sid, k, label)
+                write_volume(volume, path)
                 bar.update(1)
-                floor_noise = subject_noise(shape, sid, k, stream="floor")
-                write_volume(
-                    gen.to_hu(gen.generate(prepared, factual_prompt, floor_noise), prepared),
-                    layout.floor(sid, k),
-                )
-                bar.update(1)
-                for n in [*names, *perms]:
-                    write_volume(
-                        gen.to_hu(gen.generate(prepared, prompts[n], noise), prepared),
-                        layout.edited(sid, n, k),
-                    )
-                    bar.update(1)
         bar.close()
         barrier(info)
         if info.is_main:
-            record: dict[str, Any] = {
-                "checkpoint": str(Path(gen.lm.path).resolve()),
-                "cohort": str(Path(cohort_root).resolve()),
-                "family": gen.cfg.model.family,
-                "edits": [str(parsed[e]) for e in edits],
-                "null_edits": [str(parsed[e]) for e in null_edits],
-                "baseline": [str(b) for b in base],
-                "permuted_controls": list(perms),
-                "seeds": seed_list,
-                "noise": NOISE_RULE,
-                "subjects": subjects,
-                "from_scan": bool(from_scan),
-                "guidance_scale": guidance_scale
-                if guidance_scale is not None
-                else gen.cfg.diffusion.guidance_scale,
-                "hu_window": list(gen.cfg.preprocess.hu_window),
-                "amp": amp,
-                "config": gen.cfg.to_dict(),
-            }
-            write_json(out / RUN_JSON, record)
+            missing = [p for p in every if not p.is_file()]
+            if missing:
+                raise UnveilError(
+                    f"{missing[0]} and {len(missing) - 1} other volume(s) of the run in {out} are "
+                    "missing after generation; re-run the same command to generate them."
+                )
+            write_json(out / RUN_JSON, record)  # last: its presence marks a complete run
         return out
     finally:
         shutdown(info)
@@ -379,25 +621,44 @@ def generate_cohort(
     steps: int | None = None,
     progress: bool = True,
     amp: str = "none",
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Generate each subject from its own mask and clinical row: ``OUT/<id>.nii.gz`` in HU."""
+    """Generate each subject from its own mask and clinical row: ``OUT/<id>.nii.gz`` in HU.
+
+    ``out`` may never be (or lie in) a cohort's ``images/`` or ``masks/``; an existing
+    ``OUT/<id>.nii.gz`` is replaced only with ``overwrite`` (checked for every subject
+    before anything is generated).  A volume with NaN/inf is refused, not written.
+    """
     from tqdm.auto import tqdm
 
     from unveil.data.cohort import Cohort
     from unveil.data.io import write_volume
     from unveil.text.edits import apply_edits, parse_edit
 
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise UnveilError(f"--seed {seed} is not a whole number of 0 or more; give e.g. 0.")
+    check_sampling_options(guidance_scale, steps)
+    refuse_cohort_folders(out, cohort_root)
     gen = Generator(checkpoint, device=device, guidance_scale=guidance_scale, steps=steps, amp=amp)
     parsed = [parse_edit(e, gen.template) for e in edits]
     cohort = Cohort.open(cohort_root, gen.cfg.data)
     rows = cohort.rows()
+    subjects = subject_ids(cohort, ids, split, gen.lm.path)
+    targets = {sid: Path(out) / f"{sid}.nii.gz" for sid in subjects}
+    folders = [p for p in targets.values() if p.is_dir()]
+    if folders:
+        raise UnveilError(
+            f"{folders[0]} is a folder, so the generated volume cannot be written there; "
+            "move it away or choose another --out."
+        )
+    existing = [p for p in targets.values() if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise UnveilError(
+            f"{existing[0]} already exists ({len(existing)} of the {len(targets)} output "
+            "file(s) do); choose another --out, or pass --overwrite to replace them."
+        )
     written = []
-    for sid in tqdm(
-        subject_ids(cohort, ids, split, gen.lm.path),
-        desc="generate",
-        unit="scan",
-        disable=not progress,
-    ):
+    for sid in tqdm(subjects, desc="generate", unit="scan", disable=not progress):
         image, mask = cohort.load(sid)
         prepared = gen.pre.prepare(image, mask)
         row = apply_edits(rows[sid], parsed, gen.template) if parsed else rows[sid]
@@ -406,5 +667,7 @@ def generate_cohort(
             gen.template.render(row),
             subject_noise(tuple(prepared.image.shape[-3:]), sid, seed),
         )
-        written.append(write_volume(gen.to_hu(fake, prepared), Path(out) / f"{sid}.nii.gz"))
+        volume = gen.to_hu(fake, prepared)
+        check_finite(volume, sid, seed)
+        written.append(write_volume(volume, targets[sid]))
     return written

@@ -81,7 +81,11 @@ def generate_prepared(
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return run(x_t, mask, t, cond)
 
-        return process.sample(denoise, noise, steps=steps, progress=progress)
+        # DDPM and DDIM with eta > 0 draw fresh noise at every step: seed it from the
+        # starting noise, so a counterfactual pair (same starting noise) also shares the
+        # per-step noise and differs only by its prompt.
+        step_noise = torch.Generator(device=noise.device).manual_seed(_noise_seed(noise))
+        return process.sample(denoise, noise, steps=steps, progress=progress, generator=step_noise)
     run = windowed(
         _in_precision(model, amp, device),
         cfg.preprocess.patch_size,
@@ -92,3 +96,11 @@ def generate_prepared(
     )
     x = noise if cfg.model.noise_input else None
     return run(x, mask, None, cond).clamp(-1.0, 1.0)
+
+
+def _noise_seed(noise: torch.Tensor) -> int:
+    """A 63-bit seed determined by the bytes of ``noise`` (same noise, same seed)."""
+    import hashlib
+
+    digest = hashlib.sha256(noise.detach().cpu().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

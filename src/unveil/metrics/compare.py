@@ -126,10 +126,14 @@ def _decode(obj: Any) -> Any:
 
 def _read_recovery(path: Path) -> dict[str, float | None]:
     """Aggregate ``recovery.csv`` rows (columns of ``unveil analyze``)."""
+    from unveil.csvsafe import restore_cell
+
     if not path.is_file():
         return {}
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        # unveil analyze quotes formula-like text cells (unveil.csvsafe); undo it.
+        rows = [{restore_cell(k): restore_cell(v) for k, v in r.items()} for r in rows]
     except (OSError, csv.Error, UnicodeDecodeError) as err:
         raise UnveilError(
             f"{path} cannot be read as CSV ({type(err).__name__}); copy it again from the analysis."
@@ -333,11 +337,14 @@ def compare_markdown(
 
 
 def compare_csv(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """``comparison.csv``; text cells a spreadsheet would run as formulas (a variant name
+    ``=x`` from info.json) are written ``'=x`` (:mod:`unveil.csvsafe`), numbers as they are."""
+    from unveil.csvsafe import neutralise_cell
     from unveil.metrics.evaluate import _csv_cell
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
+    w.writerow([neutralise_cell(c) for c in columns])
     for row in rows:
         w.writerow([_csv_cell(row.get(c)) for c in columns])
     return buf.getvalue()

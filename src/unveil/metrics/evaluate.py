@@ -47,7 +47,9 @@ perfect subject has PSNR ``inf``).
 Outputs in ``EVAL/`` (built aside and moved into place at the end, so the folder is
 complete or absent):
 
-- ``per_subject.csv``: one row per subject, every per-subject figure and reading;
+- ``per_subject.csv``: one row per subject, every per-subject figure and reading (a text
+  cell a spreadsheet would run as a formula, an id ``=cmd``, is written ``'=cmd``, see
+  :mod:`unveil.csvsafe`; the raw ids are in ``info.json``);
 - ``summary.json``: figure -> ``{value, ci_low, ci_high, n, statistic, unit}``, or
   ``null`` with ``<figure>_reason`` (one sentence) when it could not be computed;
   ``inf`` is written as the string ``"inf"`` (JSON has no infinity);
@@ -64,10 +66,12 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from unveil.csvsafe import neutralise_cell
 from unveil.errors import UnveilError
 from unveil.metrics.adherence import figure
 
@@ -470,7 +474,7 @@ def _evaluate_subject(
     from unveil.data.lungmask import lungmask
     from unveil.data.regions import region_masks
     from unveil.errors import DataError
-    from unveil.infer.counterfactual import subject_noise
+    from unveil.infer.counterfactual import check_finite, subject_noise
     from unveil.metrics.adherence import adherence_input, edit_target
     from unveil.metrics.distribution import histogram_distances
     from unveil.metrics.features import slices_for_fid, volumes_for_fid
@@ -485,6 +489,7 @@ def _evaluate_subject(
     noise = subject_noise(tuple(prepared.image.shape[-3:]), sid, seed)
     fake = gen.generate(prepared, template.render(row), noise)
     fake_vol = gen.to_hu(fake, prepared)
+    check_finite(fake_vol, sid, seed, "evaluation")  # NaN metrics would read as results
     real = np.asarray(image.array, dtype=np.float32)
     fake_hu = np.asarray(fake_vol.array, dtype=np.float32)
     label_map = np.asarray(mask.array)
@@ -539,6 +544,7 @@ def _evaluate_subject(
             if target is None:
                 continue
             x = gen.generate(prepared, template.render(apply_edits(row, [e], template)), noise)
+            check_finite(SimpleNamespace(array=x.detach().cpu().numpy()), sid, seed, name)
             edited[name] = (
                 target,
                 _reader_input(x[0, 0], prepared, lung_values, adh_size, adherence_input),
@@ -840,6 +846,9 @@ def json_safe(obj: Any) -> Any:
 
 
 def _csv_cell(v: Any) -> str:
+    """A CSV cell: numbers with 6 significant digits (``inf``/``-inf``, NaN empty) and
+    text through :func:`unveil.csvsafe.neutralise_cell` (``=cmd`` -> ``'=cmd``), so no id
+    or name runs as a spreadsheet formula; the raw ids stay in ``info.json``."""
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -851,7 +860,9 @@ def _csv_cell(v: Any) -> str:
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return f"{v:.6g}"
-    return str(v)
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return neutralise_cell(str(v))
 
 
 def per_subject_csv(
@@ -867,7 +878,7 @@ def per_subject_csv(
     cols = [c for c in cols if c not in late] + late
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
+    w.writerow([neutralise_cell(c) for c in cols])
     for r in merged:
         w.writerow([_csv_cell(r.get(c)) for c in cols])
     return buf.getvalue()
