@@ -32,12 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--allow-non-hu",
+        action="store_true",
+        help="train on images whose values do not look like Hounsfield units (8-bit display "
+        "values, stored values without the rescale intercept, ...), which are refused otherwise",
+    )
+    p.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
         help="config overrides, e.g. train.batch_size=4",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, lock_folder=lambda a: a.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         resume=args.resume,
         progress=not args.no_progress,
+        allow_non_hu=args.allow_non_hu,
     )
     print(f"last checkpoint: {last}")
     return 0

@@ -634,7 +634,7 @@ def _inspect_subject(
             )
         lo, hi = _finite_range(image.array)
         row.hu_min, row.hu_max = lo, hi
-        msg = _not_hu_sentence(image_path, lo, hi)
+        msg = not_hu_sentence(image_path, lo, hi)
         if msg:
             hu_suspect = True
             problems.append(Problem("warning", sid, image_path, msg))
@@ -721,7 +721,7 @@ def _nonfinite_sentence(path: Path, n_nan: int, n_inf: int) -> str:
     )
 
 
-def _not_hu_sentence(path: Path, lo: float | None, hi: float | None) -> str | None:
+def not_hu_sentence(path: Path, lo: float | None, hi: float | None) -> str | None:
     """A warning sentence when the value range is evidently not Hounsfield units.
 
     A chest CT in HU always holds air (outside the body and in the lungs, about -1000)

@@ -25,6 +25,8 @@ from unveil.fs import atomic_path
 FORMAT = "unveil-checkpoint"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+# atomic_path's temporary sibling of ckpt-<step>.pt (tempfile adds 8 of [a-z0-9_]).
+_TEMP_NAME = re.compile(r"^\.ckpt-\d{8}\.pt\.[A-Za-z0-9_]+\.pt$")
 
 
 def package_versions() -> dict[str, str]:
@@ -67,7 +69,8 @@ def load_checkpoint(
     """Load and validate an unveil checkpoint (``weights_only=True``).
 
     Raises :class:`CheckpointError` with one sentence for a missing, corrupt, foreign or
-    too-new file.
+    too-new file, and for one that carries code (pickled functions or classes, which
+    ``weights_only`` refuses to import: nothing in the file runs).
     """
     path = Path(path)
     if path.is_dir():
@@ -83,9 +86,19 @@ def load_checkpoint(
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip errors, unpickling refusals, truncation
         text = str(err)
-        if "Unsupported global" in text:
-            reason = "it holds Python objects, not only tensors and plain containers"
-        elif "Weights only load failed" in text or "load key" in text or "zip" in text.lower():
+        code = _executable_global(text)
+        if code is not None:
+            what = f" ({code})" if code else ""
+            raise CheckpointError(
+                f"{path} contains executable objects{what} and was not loaded; only load "
+                "checkpoints from sources you trust; unveil never needs weights_only=False."
+            ) from None
+        if (
+            isinstance(err, EOFError)  # an empty or cut file
+            or "Weights only load failed" in text
+            or "load key" in text
+            or "zip" in text.lower()
+        ):
             reason = "the file is truncated, overwritten or not a PyTorch file"
         else:
             reason = text.splitlines()[0][:120] if text else type(err).__name__
@@ -108,6 +121,52 @@ def load_checkpoint(
                 f"{path} lacks '{key}'; it is incomplete, use another checkpoint."
             )
     return payload
+
+
+# What torch's weights-only unpickler says when a pickle asks for a function or class it
+# will not import (``os.system`` pickles as ``posix.system``) or call: code, not data.
+_GLOBAL = re.compile(r"GLOBAL (\S+?)(?: was not an allowed| whose module|\s*$)", re.MULTILINE)
+_CODE_HINTS = (
+    "Unsupported global",
+    "unsupported GLOBAL",
+    "call reduce for unrecognized function",
+    "Can only create new object",
+    "Can only build Tensor",
+)
+
+
+def _executable_global(text: str) -> str | None:
+    """``None`` unless a ``weights_only`` refusal is about code in the pickle; then the
+    global it names (``"global posix.system"``), or ``""`` when the message names none."""
+    if not any(hint in text for hint in _CODE_HINTS):
+        return None
+    m = _GLOBAL.search(text)
+    return f"global {m.group(1)}" if m else ""
+
+
+def is_temporary_checkpoint(name: str) -> bool:
+    """Whether ``name`` is the hidden temporary file of an unfinished checkpoint write.
+
+    :func:`save_checkpoint` writes ``.ckpt-<step>.pt.<random>.pt`` next to the checkpoint
+    (:func:`unveil.fs.atomic_path`) and renames it into place; a process killed meanwhile
+    leaves it behind.  Real checkpoints never match.
+    """
+    return _TEMP_NAME.match(name) is not None
+
+
+def remove_temporary_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of unfinished checkpoint writes in a run folder's
+    ``checkpoints/``; returns what was deleted.  Only call it while no other process
+    writes checkpoints there."""
+    folder = Path(folder) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if is_temporary_checkpoint(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def checkpoint_name(step: int) -> str:

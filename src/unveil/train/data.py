@@ -35,12 +35,18 @@ class TrainingData:
 
 
 def load_training_data(
-    cfg: Config, cohort_root: str | Path, run_dir: Path, progress: bool = True
+    cfg: Config,
+    cohort_root: str | Path,
+    run_dir: Path,
+    progress: bool = True,
+    allow_non_hu: bool = False,
 ) -> TrainingData:
     """Open the cohort, make or reuse the split (``RUN/splits.json``), preprocess train and val.
 
     Everything is held in memory after preprocessing: patches are cut from these tensors,
-    so no file is read per step.
+    so no file is read per step.  An image whose value range is evidently not Hounsfield
+    units (the test of ``unveil check``) raises :class:`DataError` unless ``allow_non_hu``:
+    preprocessing clips to an HU window, so such an image would train on noise silently.
     """
     from tqdm.auto import tqdm
 
@@ -63,12 +69,29 @@ def load_training_data(
         out = []
         for sid in tqdm(which, desc=desc, disable=not progress or len(which) < 4, leave=False):
             image, mask = cohort.load(sid)
+            if not allow_non_hu:
+                _refuse_non_hu(cohort[sid].image, image.array)
             out.append(SubjectData(sid, pre.prepare(image, mask), rows[sid]))
         return out
 
     train = load(splits["train"], "preprocess train")
     val = load(splits.get("val", [])[:1], "preprocess val")
     return TrainingData(train, val, pre.mask_channels, splits)
+
+
+def _refuse_non_hu(path: Path, array: np.ndarray) -> None:
+    """Raise :class:`DataError` when ``array`` (finite: :meth:`Cohort.load` checked it) does
+    not look like HU, with the sentence ``unveil check`` warns with plus the way out."""
+    from unveil.data.cohort import not_hu_sentence
+
+    if array.size == 0:
+        return
+    msg = not_hu_sentence(path, float(array.min()), float(array.max()))
+    if msg:
+        raise DataError(
+            f"{msg.rstrip('.')}, or pass --allow-non-hu to `unveil train` to use the values as "
+            "they are."
+        )
 
 
 def split_file(cfg: Config, cohort_root: str | Path, run_dir: Path) -> Path:

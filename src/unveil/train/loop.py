@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,11 +87,13 @@ def train(
     steps: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    allow_non_hu: bool = False,
 ) -> Path:
     """Train the model described by ``cfg`` on ``cohort``; checkpoints go to ``out/checkpoints``.
 
     Returns the path of the last checkpoint.  With ``resume`` the newest checkpoint in
-    ``out`` is loaded and training continues to ``steps`` (default the config's).
+    ``out`` is loaded and training continues to ``steps`` (default the config's).  Images
+    that do not look like Hounsfield units are refused unless ``allow_non_hu``.
     """
     from tqdm.auto import tqdm
 
@@ -101,8 +104,23 @@ def train(
     from unveil.train.data import PromptSampler, ensure_splits, load_training_data
 
     out = Path(out)
+    # Refused before anything is written: a run of no steps has no checkpoint to show.
+    if steps is not None and steps < 1:
+        raise UnveilError(
+            f"--steps is {steps}, but a run needs at least 1 step; give the total number of "
+            "training steps, for example --steps 1000."
+        )
+    if steps is None and cfg.train.steps < 1:
+        raise UnveilError(
+            f"train.steps is {cfg.train.steps}, but a run needs at least 1 step; set "
+            "train.steps=N in the config or the overrides, or pass --steps N."
+        )
     info = init_distributed(cfg.train.device)
     try:
+        if info.is_main:
+            # A process killed while writing a checkpoint leaves its hidden temporary file.
+            for p in ckpt.remove_temporary_checkpoints(out):
+                log.info("removed %s, left by a checkpoint write that was interrupted", p)
         loaded = None
         if resume:
             last = ckpt.latest_checkpoint(out)
@@ -146,7 +164,9 @@ def train(
         cache = EmbeddingCache(encoder, cache_dir=cache_dir if info.is_main else None)
 
         # ---- data
-        data = load_training_data(cfg, cohort, out, progress=progress and info.is_main)
+        data = load_training_data(
+            cfg, cohort, out, progress=progress and info.is_main, allow_non_hu=allow_non_hu
+        )
         template.check_columns(
             next(iter(data.train)).row.keys(), source=f"the clinical table of {cohort}"
         )
@@ -220,6 +240,8 @@ def train(
             torch.set_rng_state(loaded["rng"]["torch"])
         family.wrap_ddp(info)
         if info.is_main:
+            # Before the first append: drop what follows the checkpoint (and lines cut by a
+            # crash), so the log holds one record per step of this run.
             _truncate_jsonl(out / "losses.jsonl", state.step)
 
         writer = None
@@ -324,26 +346,88 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    # One line per step, appended and flushed: a crash loses at most the current line,
-    # and a resumed run drops lines beyond its checkpoint before appending (see train()).
+    """Append one record as one line, with a single ``write`` and an ``fsync``.
+
+    A crash (kill -9, power loss, a full disk) can only cut the line being written; a
+    resumed or restarted run repairs the file before it appends (:func:`_truncate_jsonl`).
+    """
     import json
 
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    data = (json.dumps(record) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        while data:  # os.write may write less than asked (a disk filling up)
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Keep only the records up to ``step`` (a resumed run rewrites what follows)."""
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The loss records of a run's ``losses.jsonl``, read tolerantly.
+
+    A line that is not a JSON record with an integer ``step`` is left out with a logged
+    warning naming the file: the last line when a crash cut it, any other when the file
+    was damaged.  Returns ``[]`` when the file does not exist.
+    """
+    records, _ = _read_jsonl(Path(path))
+    return records
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """``(records, clean)``; ``clean`` is false when a line was dropped or the file does not
+    end with a newline (the next append would run on from its last line)."""
     import json
 
     if not path.is_file():
+        return [], True
+    # Loss records are ASCII; "replace" keeps bytes a crash garbled from raising here.
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")  # not splitlines(): it also breaks at other control characters
+    ends_cleanly = lines[-1] == ""
+    if ends_cleanly:
+        lines.pop()
+    records: list[dict[str, Any]] = []
+    clean = ends_cleanly
+    for i, line in enumerate(lines):
+        if not line.strip():
+            clean = False
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict) and type(rec.get("step")) is int:
+            records.append(rec)
+            continue
+        clean = False
+        if i == len(lines) - 1:
+            log.warning(
+                "%s: dropped its last line (%.40r), cut short by an interrupted write (a "
+                "crash or a full disk)",
+                path,
+                line,
+            )
+        else:
+            log.warning(
+                "%s: dropped line %d, which is not a JSON loss record (%.40r)", path, i + 1, line
+            )
+    return records, clean
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Keep only the records up to ``step`` (a resumed run rewrites what follows).
+
+    Also the repair after a crash: unreadable lines are dropped (with a warning) and the
+    file is rewritten atomically, so the next append starts on a line of its own.
+    """
+    import json
+
+    records, clean = _read_jsonl(path)
+    keep = [r for r in records if r["step"] <= step]
+    if clean and len(keep) == len(records):
         return
-    keep = [
-        ln
-        for ln in path.read_text(encoding="utf-8").splitlines()
-        if ln.strip() and json.loads(ln)["step"] <= step
-    ]
-    write_text(path, "".join(ln + "\n" for ln in keep))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def _lung_channel_indices(cfg: Config, names: list[str]) -> list[int]:
