@@ -10,8 +10,8 @@ from unveil.conditioning import TextCondition
 from unveil.config import ModelConfig
 from unveil.errors import ConfigError
 from unveil.nn.build import build_generator, count_parameters
-from unveil.nn.fusion import AffineFusion, make_fusion
-from unveil.nn.unet import NETWORK_FUSION_KINDS, ConditionalUNet
+from unveil.nn.fusion import AffineFusion, fusion_names, make_fusion
+from unveil.nn.unet import ConditionalUNet
 
 E, L, M = 12, 6, 3
 CH = (8, 16)
@@ -49,7 +49,7 @@ def _unet(fusion="affine", with_time=True, **kw) -> ConditionalUNet:
 
 
 @pytest.mark.parametrize("with_time", [True, False])
-@pytest.mark.parametrize("fusion", NETWORK_FUSION_KINDS)
+@pytest.mark.parametrize("fusion", fusion_names())
 def test_output_shapes(fusion: str, with_time: bool, gen: torch.Generator) -> None:
     net = _unet(fusion, with_time, fusion_levels=("bottleneck", "decoder"))
     mask = _mask(gen, size=(8, 16, 8))

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unveil.errors import ConfigError
+from unveil.nn.fusion_registry import FUSIONS, fusion_spec
 
 
 class Section(BaseModel):
@@ -39,6 +40,15 @@ class DataConfig(Section):
     )
     lung_labels: list[str] = Field(default_factory=lambda: ["right_lung", "left_lung"])
     airway_label: str | None = "airway"
+    memory_budget_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "GiB of preprocessed training volumes to hold in memory; beyond it they are "
+            "written once to RUN/data-cache and read a patch at a time (same patches, same "
+            "weights); null holds them all in memory"
+        ),
+    )
 
     @model_validator(mode="after")
     def _labels_consistent(self) -> DataConfig:
@@ -55,6 +65,11 @@ class DataConfig(Section):
         return self
 
 
+#: The HU window ``(low, high)`` of ``preprocess.hu_window`` by default, and the one
+#: fallback of every reader of a window that a run or caller did not record.
+DEFAULT_HU_WINDOW: tuple[float, float] = (-1000.0, 500.0)
+
+
 class PreprocessConfig(Section):
     """What the network sees: orientation, spacing, HU window, patches."""
 
@@ -62,7 +77,7 @@ class PreprocessConfig(Section):
     spacing: tuple[float, float, float] | None = Field(
         default=None, description="target voxel spacing in mm; null keeps each scan's own"
     )
-    hu_window: tuple[float, float] = (-1000.0, 500.0)
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
     patch_size: tuple[int, int, int] = (64, 64, 32)
     pos_fraction: float = Field(default=0.75, ge=0.0, le=1.0)
     position_channel: bool = Field(
@@ -140,9 +155,10 @@ class TextConfig(Section):
     cache_dir: str | None = None
 
 
-FusionKind = Literal[
-    "none", "concat", "affine", "cross_attention", "affine+cross_attention", "adagn"
-]
+#: A kind of the fusion registry (:data:`unveil.nn.fusion_registry.FUSIONS`), checked by
+#: :meth:`ModelConfig._fusion_registered` against the registry at validation time, so that a
+#: kind registered at run time is accepted without editing this file.
+FusionKind = str
 
 
 class ModelConfig(Section):
@@ -152,7 +168,10 @@ class ModelConfig(Section):
     channels: tuple[int, ...] = (32, 64, 128)
     res_blocks: int = Field(default=1, ge=1)
     norm_groups: int = Field(default=8, ge=1)
-    fusion: FusionKind = "affine"
+    fusion: FusionKind = Field(
+        default="affine",
+        description="how the text enters the UNet: a kind of unveil.nn.fusion_registry.FUSIONS",
+    )
     fusion_levels: list[Literal["bottleneck", "decoder", "encoder"]] = Field(
         default_factory=lambda: ["bottleneck"]
     )
@@ -172,11 +191,19 @@ class ModelConfig(Section):
         ),
     )
 
+    @field_validator("fusion")
+    @classmethod
+    def _fusion_registered(cls, v: str) -> str:
+        if v not in FUSIONS:
+            kinds = ", ".join(f"'{k}'" for k in FUSIONS)
+            raise ValueError(f"use one of the registered fusion kinds: {kinds}")
+        return v
+
     @model_validator(mode="after")
     def _effect_knots(self) -> ModelConfig:
         if self.effect_knots == 1:
             raise ValueError("model.effect_knots must be 0 (off) or at least 2")
-        if self.effect_knots and self.fusion == "none":
+        if self.effect_knots and not fusion_spec(self.fusion).uses_text:
             raise ValueError(
                 "model.effect_knots needs the text: set model.fusion to a text fusion or "
                 "model.effect_knots to 0"
@@ -185,7 +212,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
-        if "cross_attention" in self.fusion:
+        if fusion_spec(self.fusion).needs_heads:
             bad = [c for c in self.channels if c % self.heads]
             if bad:
                 raise ValueError(

@@ -18,6 +18,30 @@ def add_amp_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """``--guidance-scale``, ``--steps``, ``--device`` and ``--amp``: how a checkpoint samples.
+
+    Shared by ``generate``, ``counterfactual`` and ``evaluate``; the values are checked by
+    the library (:func:`unveil.infer.counterfactual.check_sampling_options`), so a script
+    calling it directly gets the same refusals.
+    """
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance, a finite number from 0 to 100 "
+        "(default diffusion.guidance_scale)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps, 1 or more (default diffusion.sample_steps)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_amp_option(p)
+
+
 def seed_int(text: str) -> int:
     """argparse type of a random seed: an integer of 0 or more (numpy refuses negatives)."""
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unveil.commands._options import add_amp_option, seed_int
+from unveil.commands._options import add_sampling_options, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,12 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=seed_int, default=0, help="noise seed of the generated volumes (default 0)"
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument(
-        "--steps", type=int, default=None, help="sampling steps (default diffusion.sample_steps)"
-    )
-    p.add_argument("--device", default="cpu")
-    add_amp_option(p)
+    add_sampling_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run, lock_folder=lambda a: a.out)

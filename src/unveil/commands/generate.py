@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unveil.commands._options import add_amp_option, seed_int
+from unveil.commands._options import add_sampling_options, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,21 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set", dest="edits", action="append", default=[], help="edit applied to every prompt"
     )
-    p.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=None,
-        help="classifier-free guidance, a finite number from 0 to 100 "
-        "(default diffusion.guidance_scale)",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="sampling steps, 1 or more (default diffusion.sample_steps)",
-    )
-    p.add_argument("--device", default="cpu")
-    add_amp_option(p)
+    add_sampling_options(p)
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing <id>.nii.gz files in --out"
     )

@@ -74,6 +74,7 @@ import numpy as np
 from unveil.csvsafe import neutralise_cell
 from unveil.errors import UnveilError
 from unveil.metrics.adherence import figure
+from unveil.nn.fusion_registry import DISPLAY_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +95,10 @@ FIDELITY_KEYS: tuple[str, ...] = (
     "ssim_outside",
     "ms_ssim",
 )
-#: Model families and fusion kinds in the order of the published ablation.
-FUSION_NAMES: dict[str, str] = {
-    "none": "mask-only",
-    "concat": "concat",
-    "affine": "affine",
-    "cross_attention": "cross-attention",
-    "affine+cross_attention": "affine+cross-attention",
-    "adagn": "AdaGN",
-}
+#: Model families and fusion kinds in the order of the published ablation.  The fusion
+#: kinds and their display names are the fusion registry's (a live view: a kind
+#: registered later is named too).
+FUSION_NAMES: Mapping[str, str] = DISPLAY_NAMES
 FAMILY_NAMES: dict[str, str] = {"gan": "GAN", "diffusion": "diffusion"}
 #: Resamples of the set-level FID / KID intervals (each one recomputes the figure).
 N_BOOT_SET = 200

@@ -14,6 +14,7 @@ from torch import nn
 from unveil.config import GanConfig, ModelConfig
 from unveil.errors import ConfigError
 from unveil.nn.discriminator import ConditionalPatchDiscriminator
+from unveil.nn.fusion import fusion_spec
 from unveil.nn.unet import ConditionalUNet
 
 
@@ -81,15 +82,16 @@ def build_discriminator(
     """The PatchGAN discriminator of ``gan_cfg`` for the generator of ``model_cfg``.
 
     The text projection term is used when ``gan.disc_text`` is set and the generator fuses
-    text at all (``model.fusion != none``): a mask-only baseline keeps a text-blind
-    discriminator so that the comparison with text models is fair.
+    text at all (``model.fusion`` is not the mask-only placement of the fusion registry): a
+    mask-only baseline keeps a text-blind discriminator so that the comparison with text
+    models is fair.
     ``image_channels`` is an argument because the config has no field for it (1 for CT).
     """
     if model_cfg.family != "gan":
         raise ConfigError(
             f"a discriminator is only built for model.family gan, not '{model_cfg.family}'."
         )
-    use_text = gan_cfg.disc_text and model_cfg.fusion != "none"
+    use_text = gan_cfg.disc_text and fusion_spec(model_cfg.fusion).uses_text
     try:
         return ConditionalPatchDiscriminator(
             image_channels=image_channels,
@@ -107,7 +109,9 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-#: Parameter-name parts of the text path: the adapter, the fusion units and AdaGN's MLP.
+#: Parameter-name parts of the text path: the adapter, the fusion units (``*fusion*``), the
+#: ``norm`` fusions' embedding, null vector and per-block modules (``text_mlp``,
+#: ``text_null``, ``text_proj``; AdaGN) and the effect head.
 TEXT_PARAM_KEYS: tuple[str, ...] = ("adapter.", "fusion", "text_", "effect_")
 
 

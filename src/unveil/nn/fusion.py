@@ -17,6 +17,11 @@ convolution / output projection), as in DF-GAN and guided-diffusion.  The publis
 applied a global weight init after construction and so destroyed that identity; here the
 networks call each unit's ``reset_parameters`` from their own ``init_weights``, so even a
 global ``module.apply(init)`` followed by ``init_weights()`` restores the contract.
+
+Which kinds exist, their display names and how the UNet wires each of them is the fusion
+registry (:mod:`unveil.nn.fusion_registry`, re-exported here): the ``unit`` kinds are the
+classes below, built by :func:`make_fusion`; ``adagn`` is a ``norm`` kind, a text
+scale-shift inside the UNet's residual blocks (:class:`AdaGNEmbedding`, :class:`AdaGNShift`).
 """
 
 from __future__ import annotations
@@ -27,14 +32,36 @@ from einops import rearrange
 from torch import nn
 
 from unveil.conditioning import TextCondition
-
-FUSION_KINDS: tuple[str, ...] = (
-    "none",
-    "concat",
-    "affine",
-    "cross_attention",
-    "affine+cross_attention",
+from unveil.nn.fusion_registry import (
+    DISPLAY_NAMES,
+    FUSIONS,
+    FusionSpec,
+    display_name,
+    fusion_names,
+    fusion_spec,
+    register_fusion,
 )
+
+__all__ = [
+    "DISPLAY_NAMES",
+    "FUSIONS",
+    "AdaGNEmbedding",
+    "AdaGNShift",
+    "AffineCrossAttentionFusion",
+    "AffineFusion",
+    "ConcatFusion",
+    "CrossAttentionFusion",
+    "FusionSpec",
+    "NoFusion",
+    "display_name",
+    "fusion_names",
+    "fusion_spec",
+    "group_count",
+    "make_fusion",
+    "pooled_or_null",
+    "register_fusion",
+    "text_present",
+]
 
 
 def group_count(channels: int, preferred: int = 32) -> int:
@@ -82,7 +109,13 @@ def pooled_or_null(
 
 
 class NoFusion(nn.Module):
-    """The mask-only baseline: returns the feature map unchanged and ignores the text."""
+    """The mask-only baseline: returns the feature map unchanged and ignores the text.
+
+    Takes (and ignores) the sizes every unit takes, so :func:`make_fusion` builds it alike.
+    """
+
+    def __init__(self, channels: int = 0, cond_dim: int = 0) -> None:
+        super().__init__()
 
     def forward(self, h: torch.Tensor, cond: TextCondition | None = None) -> torch.Tensor:
         """``h`` ``(B, C, D, H, W)`` -> ``(B, C, D, H, W)`` (the same tensor)."""
@@ -287,34 +320,66 @@ class AffineCrossAttentionFusion(nn.Module):
         return self.attention(self.affine(h, cond), cond)
 
 
-def make_fusion(kind: str, channels: int, cond_dim: int, heads: int = 4) -> nn.Module:
-    """Build the fusion unit ``kind`` (one of :data:`FUSION_KINDS`) for ``channels`` features.
+class AdaGNEmbedding(nn.Sequential):
+    """AdaGN's text embedding: pooled text ``(B, E)`` -> Linear -> SiLU -> Linear -> ``(B, T)``.
 
-    Raises ``ValueError`` for an unknown kind or, for attention kinds, channels not
-    divisible by ``heads``.
+    The ``adagn`` fusion (a ``norm`` placement in the registry) scales and shifts the
+    normalised features of every residual block at the fused levels from this embedding,
+    as the class embedding does in guided diffusion (Dhariwal & Nichol 2021, "AdaGN").  The
+    network feeds it the pooled text with its learned null vector (``text_null``, small and
+    random, not zero, so the text-free rows do not all collapse onto one degenerate
+    embedding) where text is missing.  On the demo's 600-step runs it picked the text up
+    more slowly than concat (docs/demo.md).
+
+    A plain ``nn.Sequential`` so the parameter names (``text_mlp.0.*``, ``text_mlp.2.*``)
+    are those of the checkpoints written when AdaGN lived in the UNet.
     """
-    if kind == "adagn":
+
+    def __init__(self, cond_dim: int, dim: int) -> None:
+        super().__init__(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+
+class AdaGNShift(nn.Linear):
+    """AdaGN's per-block scale-shift: ``h * (1 + scale) + shift``, ``(scale, shift) = W SiLU(emb) + b``.
+
+    ``h`` ``(B, C, D, H, W)`` (the block's normalised features), ``emb`` ``(B, T)`` from
+    :class:`AdaGNEmbedding` -> ``(B, C, D, H, W)``.  A ``Linear(T, 2 C)`` subclass so its
+    parameters keep the names (``text_proj.weight``, ``text_proj.bias``) and the default
+    initialisation of the checkpoints written when AdaGN lived in the UNet.
+    """
+
+    def __init__(self, dim: int, channels: int) -> None:
+        super().__init__(dim, 2 * channels)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """``h`` ``(B, C, D, H, W)``, ``emb`` ``(B, T)`` -> ``(B, C, D, H, W)``."""
+        proj = F.linear(F.silu(emb), self.weight, self.bias)
+        scale, shift = rearrange(proj, "b c -> b c 1 1 1").chunk(2, 1)
+        return h * (1 + scale) + shift
+
+
+def make_fusion(kind: str, channels: int, cond_dim: int, heads: int = 4) -> nn.Module:
+    """Build the fusion unit ``kind`` (a ``unit`` or ``none`` kind of the registry) for ``channels``.
+
+    Raises ``ValueError`` for an unknown kind (naming the registered ones), for a kind that
+    is not a separate unit (``adagn``: build it with the UNet), or, for attention kinds,
+    channels not divisible by ``heads``.
+    """
+    spec = fusion_spec(kind)
+    if spec.placement not in ("unit", "none"):
         raise ValueError(
-            "fusion 'adagn' is a scale-shift inside the UNet's residual blocks, not a separate "
-            "unit; build it with ConditionalUNet(fusion='adagn')."
+            f"fusion '{kind}' is not a separate unit ({spec.description}); build it with "
+            f"ConditionalUNet(fusion='{kind}')."
         )
-    if kind not in FUSION_KINDS:
-        raise ValueError(f"unknown fusion kind '{kind}'; use one of: {', '.join(FUSION_KINDS)}.")
     if channels < 1 or cond_dim < 1:
         raise ValueError(
             f"fusion needs positive channels and cond_dim (got {channels} and {cond_dim})."
         )
-    if "cross_attention" in kind and (heads < 1 or channels % heads):
-        raise ValueError(
-            f"fusion '{kind}' needs channels ({channels}) divisible by heads ({heads}); "
-            "change the channel widths or the number of heads."
-        )
-    if kind == "none":
-        return NoFusion()
-    if kind == "concat":
-        return ConcatFusion(channels, cond_dim)
-    if kind == "affine":
-        return AffineFusion(channels, cond_dim)
-    if kind == "cross_attention":
-        return CrossAttentionFusion(channels, cond_dim, heads)
-    return AffineCrossAttentionFusion(channels, cond_dim, heads)
+    if spec.needs_heads:
+        if heads < 1 or channels % heads:
+            raise ValueError(
+                f"fusion '{kind}' needs channels ({channels}) divisible by heads ({heads}); "
+                "change the channel widths or the number of heads."
+            )
+        return spec.build(channels, cond_dim, heads)
+    return spec.build(channels, cond_dim)

@@ -10,10 +10,13 @@ One backbone, two families:
   ``[-1, 1]``.
 
 The mask arrives one-hot ``(B, M, D, H, W)`` and is concatenated to the input.  The text
-enters through a fusion unit (:mod:`unveil.nn.fusion`) at the levels named in
-``fusion_levels``: ``"bottleneck"`` (default, cheap), ``"decoder"`` and/or ``"encoder"``
-(every level at that side, up to full resolution, where cross-attention over
-``D x H x W`` voxels becomes the dominant cost).
+enters through the fusion kind named by ``fusion``, looked up in the fusion registry
+(:mod:`unveil.nn.fusion_registry`), at the levels named in ``fusion_levels``:
+``"bottleneck"`` (default, cheap), ``"decoder"`` and/or ``"encoder"`` (every level at that
+side, up to full resolution, where cross-attention over ``D x H x W`` voxels becomes the
+dominant cost).  The spec's placement says how: ``unit`` kinds add a fusion unit after the
+residual blocks of each fused level (:func:`unveil.nn.fusion.make_fusion`), ``norm`` kinds
+(``adagn``) a text scale-shift inside those residual blocks, ``none`` no text path.
 
 Layout for ``channels = (c0, c1, c2)``: level ``i`` holds ``res_blocks`` residual blocks
 at width ``c_i`` and resolution ``1 / 2**i``; the deepest level is the bottleneck
@@ -29,7 +32,7 @@ the network never needs a global ``apply(init)``.  If training code applies one 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,22 +41,20 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
 from unveil.conditioning import TextCondition
-from unveil.nn.fusion import FUSION_KINDS, make_fusion, pooled_or_null
+from unveil.nn.fusion import fusion_spec, make_fusion, pooled_or_null
 
 FUSION_LEVELS: tuple[str, ...] = ("bottleneck", "decoder", "encoder")
-#: Fusion kinds of the network: the units of :mod:`unveil.nn.fusion` plus ``adagn``, the
-#: text scale-shift inside the residual blocks.
-NETWORK_FUSION_KINDS: tuple[str, ...] = (*FUSION_KINDS, "adagn")
 
 
 class ResBlock(nn.Module):
-    """GroupNorm + SiLU residual block with optional time and text scale-shifts.
+    """GroupNorm + SiLU residual block with an optional time scale-shift and text modulation.
 
     ``h = conv1(SiLU(GN1(x)))``; ``h = GN2(h) * (1 + scale) + shift`` with
-    ``(scale, shift) = Linear(SiLU(temb))`` when ``time_dim`` is given, and the same again
-    from the text embedding when ``text_dim`` is given (the ``adagn`` fusion); ``h =
-    conv2(SiLU(h))`` with ``conv2`` zero-initialised, so the block starts as its skip path.
-    Hand-written because MONAI's ``DiffusionUNetResnetBlock`` adds the time embedding
+    ``(scale, shift) = Linear(SiLU(temb))`` when ``time_dim`` is given; then ``h =
+    text_proj(h, text_emb)`` when ``text_block`` is given (a ``norm`` fusion of the registry,
+    e.g. :class:`~unveil.nn.fusion.AdaGNShift`: ``text_block(out_channels)`` builds it);
+    ``h = conv2(SiLU(h))`` with ``conv2`` zero-initialised, so the block starts as its skip
+    path.  Hand-written because MONAI's ``DiffusionUNetResnetBlock`` adds the time embedding
     instead of the scale-shift asked for here.  ``(B, Cin, D, H, W) -> (B, Cout, D, H, W)``.
     """
 
@@ -63,7 +64,7 @@ class ResBlock(nn.Module):
         out_channels: int,
         norm_groups: int,
         time_dim: int | None = None,
-        text_dim: int | None = None,
+        text_block: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(norm_groups, in_channels)
@@ -71,7 +72,7 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(norm_groups, out_channels)
         self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
         self.time_proj = nn.Linear(time_dim, 2 * out_channels) if time_dim else None
-        self.text_proj = nn.Linear(text_dim, 2 * out_channels) if text_dim else None
+        self.text_proj = text_block(out_channels) if text_block is not None else None
         self.skip = (
             nn.Conv3d(in_channels, out_channels, kernel_size=1)
             if in_channels != out_channels
@@ -96,13 +97,15 @@ class ResBlock(nn.Module):
         """``x`` ``(B, Cin, D, H, W)``, ``temb`` / ``text_emb`` ``(B, T)`` or None -> ``(B, Cout, D, H, W)``."""
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.norm2(h)
-        for proj, emb, what in ((self.time_proj, temb, "time"), (self.text_proj, text_emb, "text")):
-            if proj is None:
-                continue
-            if emb is None:
-                raise ValueError(f"this block was built with a {what} embedding; pass it.")
-            scale, shift = rearrange(proj(F.silu(emb)), "b c -> b c 1 1 1").chunk(2, 1)
+        if self.time_proj is not None:
+            if temb is None:
+                raise ValueError("this block was built with a time embedding; pass it.")
+            scale, shift = rearrange(self.time_proj(F.silu(temb)), "b c -> b c 1 1 1").chunk(2, 1)
             h = h * (1 + scale) + shift
+        if self.text_proj is not None:
+            if text_emb is None:
+                raise ValueError("this block was built with a text embedding; pass it.")
+            h = self.text_proj(h, text_emb)
         h = self.conv2(F.silu(h))
         return self.skip(x) + h
 
@@ -118,7 +121,7 @@ class _Level(nn.Module):
         norm_groups: int,
         time_dim: int | None,
         fusion: nn.Module | None,
-        text_dim: int | None = None,
+        text_block: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
@@ -127,7 +130,7 @@ class _Level(nn.Module):
                 out_channels,
                 norm_groups,
                 time_dim,
-                text_dim,
+                text_block,
             )
             for i in range(res_blocks)
         )
@@ -158,9 +161,10 @@ class ConditionalUNet(nn.Module):
         channels: width per level; ``len(channels) - 1`` downsamplings.
         res_blocks: residual blocks per level.
         norm_groups: GroupNorm groups; must divide every width.
-        fusion: one of ``none, concat, affine, cross_attention, affine+cross_attention,
-            adagn``; ``adagn`` is not a separate unit but a text scale-shift inside every
-            residual block of the fused levels.
+        fusion: a kind of the fusion registry (:data:`unveil.nn.fusion_registry.FUSIONS`,
+            e.g. ``affine``; ``none`` for mask-only); a ``norm`` kind such as ``adagn`` is
+            not a separate unit but a text scale-shift inside every residual block of the
+            fused levels.
         fusion_levels: where the fusion units sit: any of ``bottleneck, decoder, encoder``.
         heads: attention heads (cross-attention kinds); must divide every fused width.
         cond_dim: width ``E`` of the text tokens and pooled vector.
@@ -242,8 +246,9 @@ class ConditionalUNet(nn.Module):
         self.mask_channels = mask_channels
         self.out_channels = out_channels
         self.channels = channels
+        spec = fusion_spec(fusion)
         self.fusion_kind = fusion
-        self.fusion_levels = fusion_levels if fusion != "none" else ()
+        self.fusion_levels = fusion_levels if spec.uses_text else ()
         self.cond_dim = cond_dim
         self.with_time = with_time
         self.noise_channels = noise_channels
@@ -251,10 +256,11 @@ class ConditionalUNet(nn.Module):
         self.out_activation = out_activation
         self.downsample_factor = 2 ** (len(channels) - 1)
 
-        adagn = fusion == "adagn"
+        unit = spec.placement == "unit"
+        norm = spec.placement == "norm"
 
         def fuse(where: str, width: int) -> nn.Module | None:
-            if adagn or where not in self.fusion_levels:
+            if not unit or where not in self.fusion_levels:
                 return None
             return make_fusion(fusion, width, cond_dim, heads)
 
@@ -265,23 +271,21 @@ class ConditionalUNet(nn.Module):
             if with_time
             else None
         )
-        # adagn: the pooled text through an MLP to an embedding that scales and shifts the
-        # normalised features of every residual block at the fused levels, as the class
-        # embedding does in guided diffusion (Dhariwal & Nichol 2021, "AdaGN"), applied
-        # right after a GroupNorm.  On the demo's 600-step runs it picked the text up more
-        # slowly than concat (docs/demo.md).
-        self.text_dim = 4 * c0 if adagn else None
-        self.text_mlp = (
-            nn.Sequential(nn.Linear(cond_dim, 4 * c0), nn.SiLU(), nn.Linear(4 * c0, 4 * c0))
-            if adagn
-            else None
-        )
+        # A ``norm`` fusion (adagn, :class:`~unveil.nn.fusion.AdaGNEmbedding`): the pooled
+        # text (or the learned null vector) through the spec's embedding to ``(B, 4 c0)``,
+        # which the spec's block module modulates every residual block of the fused levels
+        # with.  The attribute names (text_mlp, text_null, <block>.text_proj) and the order
+        # of construction are those of the checkpoints written before the fusion registry.
+        self.text_dim = 4 * c0 if norm else None
+        self.text_mlp = spec.build(cond_dim, self.text_dim) if norm else None
         # Small and random, not zero: the text-free rows must not all collapse onto one
         # degenerate embedding (same reason as the fusion units' null vectors).
-        self.text_null = nn.Parameter(torch.randn(cond_dim) * 0.02) if adagn else None
+        self.text_null = nn.Parameter(torch.randn(cond_dim) * 0.02) if norm else None
 
-        def text_dim(where: str) -> int | None:
-            return self.text_dim if adagn and where in self.fusion_levels else None
+        def text_block(where: str) -> Callable[[int], nn.Module] | None:
+            if not norm or where not in self.fusion_levels:
+                return None
+            return lambda width: spec.build_block(self.text_dim, width)
 
         self.in_conv = nn.Conv3d(self.x_channels + mask_channels, c0, kernel_size=3, padding=1)
 
@@ -297,15 +301,15 @@ class ConditionalUNet(nn.Module):
                     norm_groups,
                     self.time_dim,
                     fuse("encoder", channels[i]),
-                    text_dim("encoder"),
+                    text_block("encoder"),
                 )
             )
             self.down.append(nn.Conv3d(channels[i], channels[i + 1], 3, stride=2, padding=1))
 
         cb = channels[-1]
-        self.mid_in = ResBlock(cb, cb, norm_groups, self.time_dim, text_dim("bottleneck"))
+        self.mid_in = ResBlock(cb, cb, norm_groups, self.time_dim, text_block("bottleneck"))
         self.mid_fusion = fuse("bottleneck", cb)
-        self.mid_out = ResBlock(cb, cb, norm_groups, self.time_dim, text_dim("bottleneck"))
+        self.mid_out = ResBlock(cb, cb, norm_groups, self.time_dim, text_block("bottleneck"))
 
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -319,7 +323,7 @@ class ConditionalUNet(nn.Module):
                     norm_groups,
                     self.time_dim,
                     fuse("decoder", channels[i]),
-                    text_dim("decoder"),
+                    text_block("decoder"),
                 )
             )
 
@@ -538,26 +542,26 @@ def _validate(
             f"every width in channels {list(channels)} must be divisible by norm_groups "
             f"({norm_groups}); change one of them."
         )
-    if fusion not in NETWORK_FUSION_KINDS:
-        raise ValueError(
-            f"unknown fusion kind '{fusion}'; use one of: {', '.join(NETWORK_FUSION_KINDS)}."
-        )
+    try:
+        spec = fusion_spec(fusion)
+    except ValueError as err:  # names the registered kinds
+        raise ValueError(f"{err}.") from None
     bad = [lv for lv in fusion_levels if lv not in FUSION_LEVELS]
     if bad:
         raise ValueError(f"unknown fusion level(s) {bad}; use any of: {', '.join(FUSION_LEVELS)}.")
-    if fusion != "none" and not fusion_levels:
+    if spec.uses_text and not fusion_levels:
         raise ValueError(
             f"fusion '{fusion}' needs at least one of fusion_levels ({', '.join(FUSION_LEVELS)}); "
             "use fusion 'none' for a mask-only model."
         )
-    if fusion != "none" and len(channels) == 1 and set(fusion_levels) <= {"encoder", "decoder"}:
+    if spec.uses_text and len(channels) == 1 and set(fusion_levels) <= {"encoder", "decoder"}:
         raise ValueError(
             "a one-level UNet has no encoder or decoder level to fuse at; use fusion_levels "
             "('bottleneck',)."
         )
-    if fusion != "none" and cond_dim < 1:
+    if spec.uses_text and cond_dim < 1:
         raise ValueError(f"cond_dim must be positive (got {cond_dim}).")
-    if "cross_attention" in fusion:
+    if spec.needs_heads:
         fused = {channels[-1]} if "bottleneck" in fusion_levels else set()
         if {"encoder", "decoder"} & set(fusion_levels):
             fused |= set(channels[:-1])
