@@ -19,7 +19,8 @@ import math
 import numpy as np
 import pytest
 
-from unveil.analysis.analyze import analyze_run, display_slices, format_table, parse_run_edit
+from unveil.analysis.analyze import analyze_run, format_table, parse_run_edit
+from unveil.analysis.figures import display_slices
 from unveil.analysis.layout import RunLayout, edit_slug, read_run
 from unveil.config import DataConfig
 from unveil.data.effects import EffectSpec, effects_record, write_effects_json
@@ -663,6 +664,21 @@ def test_display_slices_radiological_whatever_the_storage():
     las[0, 0] = -2.0
     flipped = display_slices(vol[::-1].copy(), vol[::-1] > 0, las)
     np.testing.assert_array_equal(flipped["axial"], sl["axial"])
+    # anterior in row 0 (imshow's default origin), as in the report's panels
+    front = np.zeros_like(vol)
+    front[:, 5, :] = 1.0  # largest j = most anterior under a RAS affine
+    assert display_slices(front, vol > 0, ras)["axial"][0].all()
+
+
+def test_display_slices_centre_is_the_lung_centroid():
+    # One rule for every mid-lung slice (analyze maps and report panels): the centroid of
+    # the lung mask, which a stray mask voxel far away barely moves (a bounding box would).
+    vol = np.zeros((20, 20, 20), dtype=np.float32)
+    lung = np.zeros(vol.shape, dtype=bool)
+    lung[4:11, 4:11, 4:11] = True
+    lung[19, 19, 19] = True
+    assert display_slices(vol, lung, np.eye(4))["centre"] == (7, 7, 7)
+    assert display_slices(vol, np.zeros_like(lung), np.eye(4))["centre"] == (10, 10, 10)
 
 
 def test_expected_shift_per_unit_and_intersection():

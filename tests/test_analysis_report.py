@@ -408,6 +408,7 @@ def test_to_ras_and_view_slice_give_radiological_axial_view():
     sagittal = figures.view_slice(ras, "sagittal", 5)
     assert sagittal[0, 0] == 1.0  # superior at the top, anterior on the left
     assert figures.lung_centre(ras > 0) == (5, 4, 3)
+    assert figures.lung_centre(None, ras.shape) == figures.lung_centre(ras < 0) == (3, 2, 2)
 
 
 def test_slice_panel_gif_and_charts_encode():

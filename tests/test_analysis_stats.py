@@ -61,7 +61,9 @@ def test_ci_degenerate_inputs_without_warnings():
     rng = np.random.default_rng(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert bootstrap_ci([4.0], rng) == (4.0, 4.0)
+        # one subject has no spread: no interval (the rule of unveil.metrics.intervals)
+        lo, hi = bootstrap_ci([4.0], rng)
+        assert math.isnan(lo) and math.isnan(hi)
         assert bootstrap_ci([2.5, 2.5, 2.5], rng) == (2.5, 2.5)
         assert bootstrap_ci([1.0, np.nan, 1.0], rng) == (1.0, 1.0)
         lo, hi = bootstrap_ci([], rng)
@@ -69,6 +71,22 @@ def test_ci_degenerate_inputs_without_warnings():
         # nearly constant: BCa may fail inside scipy, the answer must still be finite
         lo, hi = bootstrap_ci([1.0, 1.0, 1.0, 1.0, 1.0 + 1e-9], rng, 200)
         assert math.isfinite(lo) and math.isfinite(hi) and lo <= hi
+
+
+def test_one_rule_for_a_single_subject():
+    # Every bootstrap of the package answers one subject with a figure but no interval.
+    from unveil.metrics.adherence import auroc_ci
+    from unveil.metrics.intervals import mean_ci, median_ci, subject_bootstrap
+
+    rng = np.random.default_rng(0)
+    assert all(math.isnan(v) for v in bootstrap_ci([4.0], rng))
+    assert all(math.isnan(v) for v in mean_ci([4.0], rng)[1:])
+    assert all(math.isnan(v) for v in median_ci([4.0], rng)[1:])
+    assert all(math.isnan(v) for v in two_group_difference([4.0], [1.0, 2.0], rng)[1:])
+    one = [np.ones((3, 2))]
+    assert all(math.isnan(v) for v in subject_bootstrap(one, one, lambda a, b: 0.0, rng)[1:])
+    assert all(math.isnan(v) for v in slope_with_ci([1.0], [2.0], rng))
+    assert all(math.isnan(v) for v in auroc_ci(["a"], np.array([[0.9, 0.1]]), ["a", "b"], rng))
 
 
 def test_one_sample_test_detects_shift_not_null():

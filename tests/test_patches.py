@@ -1,4 +1,4 @@
-"""Patch sampling: shapes, foreground rate, uniformity, padding, exact resume, DDP streams."""
+"""Patch sampling: shapes, foreground rate, uniformity, padding, exact resume."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from unveil.data.patches import PatchSampler, rank_generator
+from unveil.data.patches import PatchSampler
 
 PATCH = (4, 4, 4)
 
@@ -109,18 +109,6 @@ def test_exact_resume():
     c = _sampler(0.6, seed=999)
     c.sample(3)
     assert not torch.equal(c.sample(4)["start"], expected[0]["start"])
-
-
-def test_rank_streams_differ_and_are_reproducible():
-    img, mask = _subject()
-    r0 = PatchSampler.for_rank([img], [mask], PATCH, 0.0, seed=5, rank=0, world_size=2)
-    r1 = PatchSampler.for_rank([img], [mask], PATCH, 0.0, seed=5, rank=1, world_size=2)
-    r0b = PatchSampler.for_rank([img], [mask], PATCH, 0.0, seed=5, rank=0, world_size=4)
-    s0, s1, s0b = (r.sample(8)["start"] for r in (r0, r1, r0b))
-    assert not torch.equal(s0, s1)
-    torch.testing.assert_close(s0, s0b)
-    with pytest.raises(ValueError, match="rank"):
-        rank_generator(0, rank=2, world_size=2)
 
 
 def test_bad_arguments():

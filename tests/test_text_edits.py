@@ -9,7 +9,16 @@ import pytest
 
 from unveil.cli import main
 from unveil.errors import UnveilError
-from unveil.text.edits import Edit, EditError, apply_edits, edits_label, parse_edit, parse_edits
+from unveil.text.edits import (
+    Edit,
+    EditError,
+    apply_edits,
+    edit_field,
+    edits_label,
+    parse_edit,
+    parse_edits,
+    split_edit,
+)
 from unveil.text.template import load_template
 
 ROW = {
@@ -193,6 +202,21 @@ def test_hand_made_edit_checked_on_apply(phantom):
         apply_edits(ROW, [Edit("nope", "unset")], phantom)
     with pytest.raises(EditError):
         apply_edits(ROW, [Edit("sex", "add", 1.0)], phantom)
+
+
+def test_grammar_without_template():
+    # The one spelling of the forms, shared with the analysis of runs without a template.
+    assert split_edit("smoking=current") == ("smoking", "=", "current")
+    assert split_edit(" age += 10 ") == ("age", "+=", "10")
+    assert split_edit("age=+10") == ("age", "=", "+10")
+    assert split_edit("age-=5") == ("age", "-=", "5")
+    assert split_edit("unset-smoking") == ("smoking", "unset", "")
+    assert split_edit("unset smoking") == ("smoking", "unset", "")
+    assert split_edit("smoking=") == ("smoking", "=", "")
+    assert split_edit("permuted-1:blood_group") is None
+    assert split_edit("1age=3") is None
+    assert edit_field("age+=10") == "age" and edit_field("unset-smoking") == "smoking"
+    assert edit_field("no edit here") is None
 
 
 def test_edit_error_is_unveil_error():

@@ -96,8 +96,9 @@ def build_models(
 ) -> tuple[TextConditionedGenerator, TextConditionedDiscriminator | None]:
     """Fresh generator (and discriminator for GANs) for ``cfg`` and ``meta``."""
     from unveil.nn.build import build_discriminator, build_generator
+    from unveil.nn.fusion_registry import fusion_spec
 
-    text_on = cfg.model.fusion != "none"
+    text_on = fusion_spec(cfg.model.fusion).uses_text
     cond_dim = cfg.text.cond_dim
     m = len(meta.mask_channels)
     from unveil.data.preprocess import DEPTH_CHANNEL, POSITION_CHANNEL

@@ -61,7 +61,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +86,9 @@ from unveil.analysis.stats import (
     standard_error,
     two_group_difference,
 )
+from unveil.config import DEFAULT_HU_WINDOW
 from unveil.errors import DataError, UnveilError
+from unveil.text.edits import parse_edit, split_edit
 
 log = logging.getLogger(__name__)
 
@@ -266,10 +267,6 @@ class ParsedEdit:
         return out
 
 
-_EDIT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\+=|-=|=)(.*)$", re.S)
-_UNSET_RE = re.compile(r"^\s*unset(?:\s+|-)([A-Za-z_][A-Za-z0-9_]*)\s*$")
-
-
 def _number(text: Any) -> float | None:
     """``text`` as a finite float (numbers and numeric strings), else None."""
     if text is None or isinstance(text, bool):
@@ -290,8 +287,6 @@ def parse_run_edit(text: str, template: Any | None = None) -> ParsedEdit:
     ``set`` value is numeric when it reads as a number.
     """
     if template is not None:
-        from unveil.text.edits import parse_edit
-
         try:
             e = parse_edit(text, template)
         except UnveilError as err:
@@ -305,16 +300,15 @@ def parse_run_edit(text: str, template: Any | None = None) -> ParsedEdit:
             numeric = f.kind in ("number", "days")
             value = float(e.value) if numeric and e.value is not None else e.value
             return ParsedEdit(text, e.field, f.column, e.op, value, numeric)
-    m = _UNSET_RE.match(text)
-    if m:
-        return ParsedEdit(text, m.group(1), m.group(1), "unset", None, False)
-    m = _EDIT_RE.match(text)
-    if not m or not m.group(3).strip():
+    parts = split_edit(text)
+    if parts is not None and parts[1] == "unset":
+        return ParsedEdit(text, parts[0], parts[0], "unset", None, False)
+    if parts is None or not parts[2]:
         raise UnveilError(
             f"edit '{text}' in {RUN_JSON} is not of the form field=value, field+=number, "
             "field-=number or unset-field; re-run unveil counterfactual."
         )
-    name, sign, raw = m.group(1), m.group(2), m.group(3).strip()
+    name, sign, raw = parts
     if sign != "=":
         delta = _number(raw)
         if delta is None:
@@ -530,49 +524,6 @@ def expected_shift_means(
 # ------------------------------------------------------------------------------ maps
 
 
-def display_slices(volume: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
-    """Axial and coronal slices through the centre of ``mask``, ready for ``imshow``.
-
-    The arrays are reoriented to RAS first, so the result does not depend on how the
-    volume is stored, and laid out in radiological convention for
-    ``imshow(..., origin="lower")``: patient's right on the image's left, anterior (axial)
-    or superior (coronal) at the top.
-
-    Args:
-        volume: ``(X, Y, Z)`` values; mask: bool ``(X, Y, Z)`` (the lungs) whose bounding-box
-            centre chooses the slices (the grid centre when it is empty).
-        affine: ``(4, 4)`` voxel -> RAS mm.
-
-    Returns:
-        ``{"axial", "axial_mask", "coronal", "coronal_mask"}`` 2D arrays (rows, columns),
-        ``"axial_aspect"`` / ``"coronal_aspect"`` (row mm / column mm, for ``aspect=``)
-        and ``"centre"`` (RAS voxel indices of the slices).
-    """
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    d = nib.orientations.apply_orientation(volume, ornt)
-    m = nib.orientations.apply_orientation(mask.astype(np.uint8), ornt) > 0
-    spacing = np.empty(3)
-    spacing[ornt[:, 0].astype(int)] = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    centre = []
-    for ax in range(3):
-        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax)))
-        centre.append(int(hit.min() + hit.max()) // 2 if hit.size else d.shape[ax] // 2)
-    # In the RAS array index 0 grows towards the patient's right, 1 towards anterior, 2
-    # towards superior.  Transposing puts A (or S) on the rows, and reversing the columns
-    # puts the patient's right on the image's left.
-    return {
-        "axial": d[:, :, centre[2]].T[:, ::-1],
-        "axial_mask": m[:, :, centre[2]].T[:, ::-1],
-        "coronal": d[:, centre[1], :].T[:, ::-1],
-        "coronal_mask": m[:, centre[1], :].T[:, ::-1],
-        "axial_aspect": float(spacing[1] / spacing[0]),
-        "coronal_aspect": float(spacing[2] / spacing[0]),
-        "centre": tuple(centre),
-    }
-
-
 def save_map_png(
     diff: np.ndarray,
     lung: np.ndarray,
@@ -584,7 +535,9 @@ def save_map_png(
 ) -> None:
     """Axial and coronal mid-lung slices of a difference map with a diverging HU colour bar.
 
-    Slices come from :func:`display_slices` (radiological convention, lung outline drawn),
+    Slices come from :func:`unveil.analysis.figures.display_slices` (radiological
+    convention, through the lung centroid of :func:`~unveil.analysis.figures.lung_centre`,
+    lung outline drawn),
     on a fixed symmetric scale ``[-limit_hu, +limit_hu]`` so maps of different subjects and
     edits compare by eye.
 
@@ -599,6 +552,7 @@ def save_map_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from unveil.analysis.figures import display_slices
     from unveil.fs import atomic_path
 
     sl = display_slices(diff, lung, affine)
@@ -618,9 +572,7 @@ def save_map_png(
         (axes[0], axial, axial_m, f"axial (slice {centre[2]})", sl["axial_aspect"]),
         (axes[1], coronal, coronal_m, f"coronal (slice {centre[1]})", sl["coronal_aspect"]),
     ):
-        im = ax.imshow(
-            img, cmap="RdBu_r", vmin=-limit_hu, vmax=limit_hu, origin="lower", aspect=aspect
-        )
+        im = ax.imshow(img, cmap="RdBu_r", vmin=-limit_hu, vmax=limit_hu, aspect=aspect)
         if msk.any() and not msk.all():
             ax.contour(msk.astype(float), levels=[0.5], colors="k", linewidths=0.6)
         ax.set_title(name, fontsize=9)
@@ -788,7 +740,7 @@ def analyze_run(
         )
     clinical = cohort.rows()
     truth = _truth_rows(cohort_root, data_cfg.id_column, clinical) if effects else {}
-    hu_lo, hu_hi = (float(v) for v in run.get("hu_window") or (-1000.0, 500.0))
+    hu_lo, hu_hi = (float(v) for v in run.get("hu_window") or DEFAULT_HU_WINDOW)
 
     n_s, n_r, n_e, n_k = len(subjects), len(regions), len(contrasts), len(seeds)
     edit_vals = np.full((n_e, n_s, n_r), math.nan)  # per subject, mean over seeds

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from unveil.config import DEFAULT_HU_WINDOW
+
 #: Axis of the RAS array that each view cuts across.
 VIEW_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 
@@ -113,17 +115,66 @@ def _view_aspect(spacing_ras: Sequence[float], view: str) -> float:
     return float(spacing_ras[row_axis]) / float(spacing_ras[col_axis])
 
 
-def lung_centre(mask_ras: np.ndarray) -> tuple[int, int, int]:
-    """Voxel index (in the RAS grid) of the centroid of a boolean mask; grid centre if empty.
+def lung_centre(
+    mask_ras: np.ndarray | None, shape: Sequence[int] | None = None
+) -> tuple[int, int, int]:
+    """The centre that every "mid-lung" slice of a figure goes through (report and maps).
+
+    The one rule: the **centroid of the lung mask**, rounded to the nearest voxel (ties to
+    even, :func:`numpy.rint`); the grid centre ``s // 2`` per axis when there is no mask or
+    it is empty.  The centroid rather than the bounding-box centre because one stray voxel
+    of an automatic lung mask (an island in the bowel or the trachea) moves a bounding box
+    but hardly a centroid, and because the centroid sits where the lung volume is, so the
+    slice through it cuts much lung.
 
     Args:
-        mask_ras: bool ``(R, A, S)``.
+        mask_ras: bool ``(R, A, S)`` (the lungs), or None.
+        shape: the grid shape when ``mask_ras`` is None.
+
+    Returns:
+        RAS voxel indices ``(r, a, s)``: the sagittal, coronal and axial slice indices.
     """
+    if mask_ras is None:
+        if shape is None:
+            raise ValueError("lung_centre needs a mask or a grid shape")
+        return tuple(int(s // 2) for s in shape)  # type: ignore[return-value]
     idx = np.argwhere(mask_ras)
     if idx.size == 0:
         return tuple(int(s // 2) for s in mask_ras.shape)  # type: ignore[return-value]
     c = np.rint(idx.mean(axis=0)).astype(int)
     return tuple(int(v) for v in c)  # type: ignore[return-value]
+
+
+def display_slices(volume: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+    """Axial and coronal slices of ``volume`` through :func:`lung_centre` of ``mask``.
+
+    Reoriented with :func:`to_ras` and cut with :func:`view_slice`, so the images follow
+    this module's orientation (radiological: patient right on the image left, anterior
+    (axial) or superior (coronal) in row 0, for ``imshow`` with its default
+    ``origin="upper"``) whatever the array order on disk.
+
+    Args:
+        volume: ``(X, Y, Z)`` values; mask: bool ``(X, Y, Z)`` (the lungs) whose centroid
+            chooses the slices (the grid centre when it is empty).
+        affine: ``(4, 4)`` voxel -> RAS mm.
+
+    Returns:
+        ``{"axial", "axial_mask", "coronal", "coronal_mask"}`` 2D arrays (rows, columns),
+        ``"axial_aspect"`` / ``"coronal_aspect"`` (row mm / column mm, for ``aspect=``)
+        and ``"centre"`` (RAS voxel indices of the slices).
+    """
+    vol_ras, spacing = to_ras(volume, affine)
+    mask_ras = to_ras(np.asarray(mask, dtype=bool), affine)[0]
+    centre = lung_centre(mask_ras)
+    return {
+        "axial": view_slice(vol_ras, "axial", centre[2]),
+        "axial_mask": view_slice(mask_ras, "axial", centre[2]),
+        "coronal": view_slice(vol_ras, "coronal", centre[1]),
+        "coronal_mask": view_slice(mask_ras, "coronal", centre[1]),
+        "axial_aspect": _view_aspect(spacing, "axial"),
+        "coronal_aspect": _view_aspect(spacing, "coronal"),
+        "centre": centre,
+    }
 
 
 def strongest_slice(diff_ras: np.ndarray, mask_ras: np.ndarray | None, view: str) -> int:
@@ -196,7 +247,7 @@ def slice_panel(
     diff_hu: np.ndarray,
     axis: str,
     index: int | None = None,
-    hu_window: tuple[float, float] = (-1000, 500),
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
     diff_range: float | None = None,
     affine: np.ndarray | None = None,
     titles: tuple[str, str, str] = ("factual", "counterfactual", "difference"),
@@ -339,7 +390,7 @@ def slices_gif(
     edited_hu: np.ndarray,
     diff_hu: np.ndarray,
     affine: np.ndarray | None = None,
-    hu_window: tuple[float, float] = (-1000, 500),
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
     diff_range: float | None = None,
     mask: np.ndarray | None = None,
     panel_px: int = 128,

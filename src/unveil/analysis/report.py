@@ -30,14 +30,15 @@ import html
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unveil.config import DEFAULT_HU_WINDOW
 from unveil.errors import UnveilError
+from unveil.text.edits import edit_field
 
 #: Tables ``unveil analyze`` writes, by results.json key.
 TABLES: tuple[str, ...] = (
@@ -636,13 +637,6 @@ def _group(name: Any, n: Any) -> str:
     return f"{esc(text)} ({count:.0f})" if math.isfinite(count) else esc(text)
 
 
-def edit_field(edit: str) -> str:
-    """The clinical field an edit string changes (``smoking=current`` -> ``smoking``,
-    ``age+=10`` -> ``age``, ``unset-smoking`` -> ``smoking``)."""
-    m = re.match(r"^\s*unset[-\s]+([A-Za-z_]\w*)", edit) or re.match(r"^\s*([A-Za-z_]\w*)", edit)
-    return m.group(1) if m else edit.strip()
-
-
 # --------------------------------------------------------------------------- volumes
 
 
@@ -758,7 +752,7 @@ def _asked(run: Mapping[str, Any], results: Mapping[str, Any]) -> str:
     permuted = _permuted(results)
     seeds = list(run.get("seeds") or [])
     subjects = list(run.get("subjects") or [])
-    window = run.get("hu_window") or [-1000, 500]
+    window = run.get("hu_window") or DEFAULT_HU_WINDOW
     cal = _calibration(results)
     rule = (
         "calibrated q &lt; {a} (Benjamini&ndash;Hochberg, empirical null of the negative controls)"
@@ -873,7 +867,7 @@ def _methods(run: Mapping[str, Any], results: Mapping[str, Any]) -> str:
         if run.get("noise") == "per-subject"
         else f"noise of seed k+{esc(run.get('floor_seed_offset', 1000))}, shared by all subjects"
     )
-    window = run.get("hu_window") or [-1000, 500]
+    window = run.get("hu_window") or DEFAULT_HU_WINDOW
     tests = sorted({str(r.get("test")) for r in results.get("cohort_stats", []) if r.get("test")})
     settings = results.get("settings") if isinstance(results.get("settings"), Mapping) else {}
     n_boot = settings.get("n_boot", results.get("n_boot"))
@@ -935,7 +929,7 @@ def _edit_section(
 
     rows = _contrast_rows(results, edit)
     rec_rows = [r for r in results.get("recovery", []) if str(r.get("contrast")) == edit]
-    field = edit_field(edit)
+    field = edit_field(edit) or edit.strip()
     observed_all = results.get("observed", [])
     if any(r.get("contrast") for r in observed_all):
         # Rows name their edit: the attribute column may differ from the edit's field name.
@@ -946,7 +940,7 @@ def _edit_section(
     if obs_rows:
         field = str(obs_rows[0].get("attribute") or field)
     spec = next((r for r in results.get("specificity", []) if str(r.get("contrast")) == edit), None)
-    window = tuple(run.get("hu_window") or (-1000, 500))
+    window = tuple(run.get("hu_window") or DEFAULT_HU_WINDOW)
     parts = [f"<h2>{'null control: ' if null else ''}{esc(edit)}</h2>"]
     if rows:
         parts.append(
@@ -1020,11 +1014,10 @@ def _edit_section(
             factual, edited, diff, affine = v
             diff_ras = figures.to_ras(diff, affine)[0]
             mask_ras = None if mask is None else figures.to_ras(mask, affine)[0]
+            centre = figures.lung_centre(mask_ras, diff_ras.shape)
             if mask_ras is not None and mask_ras.any():
-                centre = figures.lung_centre(mask_ras)
                 where = "through the lung centre"
             else:
-                centre = tuple(s // 2 for s in diff_ras.shape)
                 where = "through the volume centre (lung mask not found)"
             # Axial: the level where the difference is strongest in the lungs, which a
             # mid-lung slice would miss for a zonal effect; coronal: through the lung centre,

@@ -19,6 +19,8 @@ What is here (``docs/statistics.md`` explains how ``unveil analyze`` uses it):
 - :func:`benjamini_hochberg`: false-discovery-rate correction.
 
 Randomness is injected: every resampling function takes a :class:`numpy.random.Generator`.
+The bootstrap pieces (resampling scheme, percentile rule, BCa through scipy, the rule that
+one subject gives no interval) are those of :mod:`unveil.metrics.intervals`.
 scipy and statsmodels do the work wherever they have the method (``bootstrap``,
 ``wilcoxon``, ``ttest_1samp``, ``false_discovery_control``, ``OLS``); the wrappers add
 what they leave to the caller: degenerate inputs (fewer than two subjects, all values
@@ -31,16 +33,22 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from unveil.data.effects import is_missing
+from unveil.metrics.intervals import (
+    MIN_SUBJECTS,
+    BootMethod,
+    degenerate_interval,
+    percentile_interval,
+    resample_indices,
+    scipy_interval,
+)
 
 #: Tests offered by :func:`one_sample_test`.
 TESTS: tuple[str, ...] = ("wilcoxon", "t")
-
-BootMethod = Literal["BCa", "percentile", "basic"]
 
 
 def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -62,6 +70,9 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Bootstrap confidence interval of the mean over subjects.
 
+    Built on :mod:`unveil.metrics.intervals` (its small-sample rule and
+    :func:`~unveil.metrics.intervals.scipy_interval`).
+
     Args:
         values: one value per subject, shape ``(N,)``; NaN/inf entries are dropped.
         rng: the resampling generator.
@@ -71,47 +82,18 @@ def bootstrap_ci(
             calibrated for skewed data) or ``"percentile"`` / ``"basic"``.
 
     Returns:
-        ``(low, high)``.  Degenerate inputs are answered without resampling: no value
-        gives ``(nan, nan)``; one value, or all values equal, gives ``(v, v)`` (every
-        resample has the same mean, so the bootstrap interval collapses to the value; scipy
-        would instead warn and return NaN for BCa).  A BCa interval that scipy cannot
-        compute (it returns NaN on near-degenerate data) falls back to the percentile one.
+        ``(low, high)``.  Degenerate inputs are answered without resampling: no value or
+        one value gives ``(nan, nan)`` (one subject has no spread, so no interval); all
+        values equal gives ``(v, v)`` (every resample has the same mean, so the bootstrap
+        interval collapses to the value; scipy would instead warn and return NaN for
+        BCa).  A BCa interval that scipy cannot compute (it returns NaN on near-degenerate
+        data) falls back to the percentile one.
     """
-    from scipy import stats
-
     x = _finite(values)
-    if x.size == 0:
-        return (math.nan, math.nan)
-    if x.size == 1 or np.ptp(x) == 0.0:
-        v = float(x.mean())
-        return (v, v)
-    with warnings.catch_warnings():
-        # BCa's jackknife warns on near-degenerate samples; the NaN it then returns is
-        # handled just below by the percentile fallback.
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        warnings.simplefilter("ignore", category=getattr(stats, "DegenerateDataWarning", Warning))
-        res = stats.bootstrap(
-            (x,),
-            _mean_stat,
-            n_resamples=int(n_boot),
-            confidence_level=level,
-            method=method,
-            vectorized=True,
-            rng=rng,
-        )
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if not (math.isfinite(lo) and math.isfinite(hi)) and method != "percentile":
-            res = stats.bootstrap(
-                (x,),
-                _mean_stat,
-                n_resamples=int(n_boot),
-                confidence_level=level,
-                method="percentile",
-                vectorized=True,
-                rng=rng,
-            )
-            lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return (lo, hi)
+    fixed = degenerate_interval(x, float(x.mean()) if x.size else math.nan)
+    if fixed is not None:
+        return fixed
+    return scipy_interval((x,), _mean_stat, rng, n_boot, level, method)
 
 
 def one_sample_test(
@@ -498,15 +480,15 @@ def two_group_difference(
     if xa.size == 0 or xb.size == 0:
         return (math.nan, math.nan, math.nan)
     diff = float(xa.mean() - xb.mean())
-    if xa.size < 2 or xb.size < 2:
-        return (diff, math.nan, math.nan)
+    if xa.size < MIN_SUBJECTS or xb.size < MIN_SUBJECTS:
+        return (diff, math.nan, math.nan)  # the small-sample rule, per group
     if np.ptp(xa) == 0.0 and np.ptp(xb) == 0.0:
         return (diff, diff, diff)
 
     def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
-    lo, hi = _scipy_ci((xa, xb), stat, rng, n_boot, level, method, paired=False)
+    lo, hi = scipy_interval((xa, xb), stat, rng, n_boot, level, method, paired=False)
     return (diff, lo, hi)
 
 
@@ -525,7 +507,8 @@ def slope_with_ci(
     Hand-written rather than ``scipy.stats.bootstrap``: a resample whose ``x`` values are
     all equal (likely when many subjects share a value, e.g. pack-years 0 for never
     smokers) has no slope, and scipy's interval turns NaN as soon as one resample is NaN;
-    here such resamples are dropped and the percentiles are taken over the rest.
+    here such resamples are dropped and the percentiles are taken over the rest (with the
+    resampling scheme and percentile rule of :mod:`unveil.metrics.intervals`).
 
     Args:
         x, y: one value per subject, shape ``(N,)`` each; pairs with a non-finite member
@@ -543,14 +526,8 @@ def slope_with_ci(
     if xa.size < 3 or np.ptp(xa) == 0.0:
         return (math.nan, math.nan, math.nan)
     slope = float(_slope(xa, ya))
-    idx = rng.integers(0, xa.size, size=(int(n_boot), xa.size))
-    boot = _slope(xa[idx], ya[idx], axis=-1)
-    boot = boot[np.isfinite(boot)]
-    if boot.size == 0:
-        return (slope, math.nan, math.nan)
-    tail = 100.0 * (1.0 - level) / 2.0
-    lo, hi = np.percentile(boot, [tail, 100.0 - tail])
-    return (slope, float(lo), float(hi))
+    idx = resample_indices(rng, xa.size, n_boot)
+    return (slope, *percentile_interval(_slope(xa[idx], ya[idx], axis=-1), level))
 
 
 def _slope(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -561,30 +538,6 @@ def _slope(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     sxy = (xc * yc).sum(axis=axis)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(sxx > 0, sxy / np.where(sxx > 0, sxx, 1.0), np.nan)
-
-
-def _scipy_ci(data, stat, rng, n_boot, level, method, paired) -> tuple[float, float]:
-    """scipy.stats.bootstrap CI, falling back to percentile where BCa gives NaN."""
-    from scipy import stats
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        warnings.simplefilter("ignore", category=getattr(stats, "DegenerateDataWarning", Warning))
-        for m in (method, "percentile"):
-            res = stats.bootstrap(
-                data,
-                stat,
-                n_resamples=int(n_boot),
-                confidence_level=level,
-                method=m,
-                vectorized=True,
-                paired=paired,
-                rng=rng,
-            )
-            lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-            if math.isfinite(lo) and math.isfinite(hi):
-                break
-    return (lo, hi)
 
 
 # ----------------------------------------------------------------- adjusted association

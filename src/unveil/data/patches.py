@@ -28,21 +28,6 @@ if TYPE_CHECKING:
     import torch
 
 
-def rank_generator(seed: int, rank: int = 0, world_size: int = 1) -> np.random.Generator:
-    """The random stream of one data-parallel rank.
-
-    ``SeedSequence(seed).spawn(world_size)[rank]``: independent streams per rank.  A
-    child's stream depends only on ``seed`` and ``rank`` (spawn keys are ``(rank,)``), so
-    rank 0 of a 4-GPU run draws what rank 0 of a 2-GPU run draws.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(
-            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
-        )
-    child = np.random.SeedSequence(seed).spawn(world_size)[rank]
-    return np.random.default_rng(child)
-
-
 class PatchSampler:
     """Draw training patches from preprocessed subjects.
 
@@ -117,32 +102,6 @@ class PatchSampler:
             fg = (msk[self.fg_channels] > 0.5).any(0).reshape(-1).cpu().numpy()
             idx = np.flatnonzero(fg)
             self._fg.append(idx.astype(np.int32) if fg.size < 2**31 else idx)
-
-    @classmethod
-    def for_rank(
-        cls,
-        images: Sequence[torch.Tensor],
-        masks: Sequence[torch.Tensor],
-        patch_size: Sequence[int],
-        pos_fraction: float,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        fg_channels: Sequence[int] | None = None,
-    ) -> PatchSampler:
-        """A sampler for one DDP rank, drawing from :func:`rank_generator` ``(seed, rank)``.
-
-        Every rank sees every subject; the ranks differ by their random streams, so their
-        patches are independent draws rather than copies.
-        """
-        return cls(
-            images,
-            masks,
-            patch_size,
-            pos_fraction,
-            rank_generator(seed, rank, world_size),
-            fg_channels,
-        )
 
     def __len__(self) -> int:
         return len(self.images)

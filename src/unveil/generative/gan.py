@@ -30,11 +30,8 @@ Why the block-mean term: a clinical attribute shifts the *regional density* (ten
 under texture that the mask does not determine (vessels, noise: hundreds of HU per voxel).
 The per-voxel L1 gradient is a sign per voxel, so that texture drowns the shift and the
 text pathway learns it slowly; the mean of a block averages the texture out and leaves the
-shift, so the same shift yields a clean gradient.  Measured on the 24^3 phantom with the
-demo's small GAN (600 steps, 32 held-out subjects, Adam beta1 0.9 in both runs): with
-``lowpass_weight`` 300 the smoking shift (-60 HU, upper lung) stayed out of the lower lung
-(-4.5 HU instead of -15.2) and the IPF shift (+120 HU, lower periphery) came out at +74 HU
-instead of +66 (docs/demo.md).
+shift, so the same shift yields a clean gradient.  What the term measurably did on the
+phantom: see docs/demo.md ("The block-mean term, measured").
 """
 
 from __future__ import annotations

@@ -47,7 +47,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from unveil.metrics.intervals import mean_ci
+from unveil.metrics.intervals import (
+    MIN_SUBJECTS,
+    mean_ci,
+    percentile_interval,
+    resampled_statistics,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -504,24 +509,26 @@ def auroc_ci(
     level: float = 0.95,
 ) -> tuple[float, float, float]:
     """:func:`auroc` with a bootstrap interval over subjects (resamples where it is
-    undefined are skipped): ``(auroc, lo, hi)``, NaN where undefined."""
+    undefined are skipped): ``(auroc, lo, hi)``, NaN where undefined.
+
+    The resampling and percentile rule of :mod:`unveil.metrics.intervals`; fewer than
+    :data:`~unveil.metrics.intervals.MIN_SUBJECTS` subjects, or fewer than two resamples
+    where the AUROC is defined, give no interval.
+    """
     lab = list(labels)
     p = np.asarray(probs, dtype=np.float64)
     point = auroc(lab, p, classes)
     if point is None:
         return (math.nan, math.nan, math.nan)
     n = len(lab)
-    vals = []
-    for _ in range(int(n_boot)):
-        idx = rng.integers(0, n, size=n)
-        a = auroc([lab[i] for i in idx], p[idx], classes)
-        if a is not None:
-            vals.append(a)
-    if len(vals) < 2:
+    if n < MIN_SUBJECTS:
         return (point, math.nan, math.nan)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(np.asarray(vals), [alpha, 1.0 - alpha], method="inverted_cdf")
-    return (point, float(lo), float(hi))
+    vals = resampled_statistics(
+        lambda idx: auroc([lab[i] for i in idx], p[idx], classes), (n,), rng, n_boot
+    )
+    if vals.size < 2:
+        return (point, math.nan, math.nan)
+    return (point, *percentile_interval(vals, level))
 
 
 def reading_figures(

@@ -1,4 +1,19 @@
-"""Confidence intervals over subjects for every reported figure.
+"""Confidence intervals over subjects for every reported figure: the one bootstrap module.
+
+Every bootstrap of the package is built here (:mod:`unveil.analysis.stats` and
+:mod:`unveil.metrics.adherence` call these pieces; this module imports nothing of the
+package, so both the metrics and the analysis layer may use it):
+
+- one resampling scheme, :func:`resample_indices`: subjects drawn with replacement, one
+  ``(n_boot, n)`` index matrix from the generator;
+- one percentile rule, :func:`percentile_interval`: order statistics without
+  interpolation (``method="inverted_cdf"``), NaN resamples dropped;
+- BCa where a caller asks for it, :func:`scipy_interval` (scipy's ``bootstrap``, falling
+  back to the percentile interval where BCa is undefined);
+- one small-sample rule, :func:`degenerate_interval`: **a single subject gives no
+  interval** ``(nan, nan)`` (with one subject there is no spread to resample, and an
+  interval ``(v, v)`` would claim a certainty the data do not have); no subject gives
+  ``(nan, nan)`` as well; all values equal gives ``(v, v)``.
 
 Every number in an evaluation table is a statistic over subjects (one value per subject:
 that subject's MAE, SSIM, Dice...) with a bootstrap percentile interval: subjects are
@@ -37,6 +52,123 @@ from typing import Literal
 import numpy as np
 
 CI = tuple[float, float, float]
+#: Interval methods of :func:`scipy_interval`.
+BootMethod = Literal["BCa", "percentile", "basic"]
+#: Fewest subjects that give an interval (see the module text).
+MIN_SUBJECTS = 2
+
+
+def resample_indices(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """Subject indices of ``n_boot`` resamples of ``n`` subjects with replacement, ``(n_boot, n)``.
+
+    The one resampling scheme of the package: one draw of the whole matrix, so a resample
+    depends only on the generator's state and ``(n, n_boot)``.
+    """
+    return rng.integers(0, n, size=(int(n_boot), int(n)))
+
+
+def percentile_interval(boot: Sequence[float] | np.ndarray, level: float) -> tuple[float, float]:
+    """The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of bootstrap statistics.
+
+    NaN statistics (resamples where the figure is undefined) are dropped; ``inf`` is kept.
+    No interpolation between order statistics (``method="inverted_cdf"``): each bound is
+    one of the resampled values, so a bound next to an ``inf`` never becomes
+    ``inf - inf = nan``.  ``(nan, nan)`` when nothing is left.
+    """
+    b = np.asarray(boot, dtype=np.float64).ravel()
+    b = b[~np.isnan(b)]
+    if b.size == 0:
+        return (math.nan, math.nan)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(b, [alpha, 1.0 - alpha], method="inverted_cdf")
+    return (float(lo), float(hi))
+
+
+def resampled_statistics(
+    statistic: Callable[..., float | None],
+    sizes: Sequence[int],
+    rng: np.random.Generator,
+    n_boot: int,
+) -> np.ndarray:
+    """A non-vectorised figure (AUROC, FID) on each of ``n_boot`` resamples.
+
+    Args:
+        statistic: ``f(idx_1, ..., idx_k) -> float | None``, one index array per sample.
+        sizes: subjects per sample, ``(n,)`` for one sample (or several sets resampled
+            with the same indices) and ``(n_a, n_b)`` for independent sets; each gets its
+            :func:`resample_indices` matrix, drawn in that order.
+        rng, n_boot: as in :func:`resample_indices`.
+
+    Returns:
+        The values; resamples where ``statistic`` returns None or raises ``ValueError``
+        (too few distinct rows, one class only) are skipped.
+    """
+    draws = [resample_indices(rng, n, n_boot) for n in sizes]
+    values = []
+    for k in range(int(n_boot)):
+        try:
+            v = statistic(*(d[k] for d in draws))
+        except ValueError:
+            continue
+        if v is not None:
+            values.append(float(v))
+    return np.asarray(values, dtype=np.float64)
+
+
+def degenerate_interval(x: np.ndarray, point: float) -> tuple[float, float] | None:
+    """The interval of the small-sample rule, or None when ``x`` must be resampled.
+
+    ``x`` is the cleaned 1D sample (one value per subject), ``point`` the statistic on it.
+    Fewer than :data:`MIN_SUBJECTS` values: ``(nan, nan)`` (no subject, or one subject: no
+    spread, so no interval).  All values equal: ``(point, point)`` (every resample gives
+    the same statistic).
+    """
+    if x.size < MIN_SUBJECTS:
+        return (math.nan, math.nan)
+    if np.all(x == x[0]):
+        return (float(point), float(point))
+    return None
+
+
+def scipy_interval(
+    data: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    rng: np.random.Generator,
+    n_boot: int,
+    level: float = 0.95,
+    method: BootMethod = "BCa",
+    paired: bool = False,
+) -> tuple[float, float]:
+    """:func:`scipy.stats.bootstrap` interval (BCa by default), percentile where it is NaN.
+
+    For the figures whose interval is BCa (the analysis' cohort means and group
+    differences).  ``statistic`` must be vectorised (``axis`` keyword).  scipy's warnings
+    on near-degenerate samples are silenced: the NaN interval they announce is replaced by
+    the percentile one.  Degenerate samples should be answered by
+    :func:`degenerate_interval` before calling this.
+    """
+    import warnings
+
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        warnings.simplefilter("ignore", category=getattr(stats, "DegenerateDataWarning", Warning))
+        for m in (method, "percentile"):
+            res = stats.bootstrap(
+                data,
+                statistic,
+                n_resamples=int(n_boot),
+                confidence_level=level,
+                method=m,
+                vectorized=True,
+                paired=paired,
+                rng=rng,
+            )
+            lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+            if math.isfinite(lo) and math.isfinite(hi):
+                break
+    return (lo, hi)
 
 
 def mean_ci(
@@ -153,29 +285,16 @@ def subject_bootstrap(
     b = [np.asarray(g) for g in groups_b]
     point = float(statistic(np.concatenate(a), np.concatenate(b)))
     n_a, n_b = len(a), len(b)
-    if min(n_a, n_b) < 2:
+    if min(n_a, n_b) < MIN_SUBJECTS:
         return (point, math.nan, math.nan)
-    values = []
-    for _ in range(n_boot):
-        ia = rng.integers(0, n_a, size=n_a)
-        ib = ia if paired else rng.integers(0, n_b, size=n_b)
-        try:
-            values.append(
-                float(
-                    statistic(
-                        np.concatenate([a[i] for i in ia]), np.concatenate([b[i] for i in ib])
-                    )
-                )
-            )
-        except ValueError:
-            continue
-    vals = np.asarray(values)
-    vals = vals[~np.isnan(vals)]
-    if vals.size == 0:
-        return (point, math.nan, math.nan)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(vals, [alpha, 1.0 - alpha], method="inverted_cdf")
-    return (point, float(lo), float(hi))
+
+    def on_resample(ia: np.ndarray, ib: np.ndarray | None = None) -> float:
+        ib = ia if ib is None else ib
+        return statistic(np.concatenate([a[i] for i in ia]), np.concatenate([b[i] for i in ib]))
+
+    sizes = (n_a,) if paired else (n_a, n_b)
+    lo, hi = percentile_interval(resampled_statistics(on_resample, sizes, rng, n_boot), level)
+    return (point, lo, hi)
 
 
 def _boot_ci(
@@ -193,25 +312,15 @@ def _boot_ci(
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     x = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
     x = x[~np.isnan(x)]
-    n = x.size
     func: Callable[..., np.ndarray] = np.mean if statistic == "mean" else np.median
-    if n == 0:
+    if x.size == 0:
         return (math.nan, math.nan, math.nan)
     with np.errstate(invalid="ignore"):
         point = float(func(x))
-    if n == 1:
-        return (point, math.nan, math.nan)
-    if np.all(x == x[0]):
-        return (point, point, point)
-    idx = rng.integers(0, n, size=(n_boot, n))
+    fixed = degenerate_interval(x, point)
+    if fixed is not None:
+        return (point, *fixed)
     with np.errstate(invalid="ignore"):
-        boot = func(x[idx], axis=1)
-    # +inf and -inf together give NaN means; those resamples carry no usable figure.
-    boot = boot[~np.isnan(boot)]
-    if boot.size == 0:
-        return (point, math.nan, math.nan)
-    alpha = (1.0 - level) / 2.0
-    # No interpolation between order statistics: a bound next to an inf stays a real
-    # resampled value instead of inf - inf = nan.
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha], method="inverted_cdf")
-    return (point, float(lo), float(hi))
+        boot = func(x[resample_indices(rng, x.size, n_boot)], axis=1)
+    # +inf and -inf together give NaN means; percentile_interval drops those resamples.
+    return (point, *percentile_interval(boot, level))

@@ -14,7 +14,7 @@ outside it:
 Conventions (the same for every subject, so the figures are comparable):
 
 - Both volumes are clipped to the fixed HU window (``preprocess.hu_window``, default
-  ``(-1000, 500)``) before anything is measured: the generator can only produce HU inside
+  :data:`unveil.config.DEFAULT_HU_WINDOW`, ``(-1000, 500)``) before anything is measured: the generator can only produce HU inside
   that window (its output is the window mapped back to HU), so an error on bone above
   500 HU is a property of the window, not of the model.  MAE is therefore in HU of the
   clipped volumes.
@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from unveil.config import DEFAULT_HU_WINDOW
+
 if TYPE_CHECKING:
     import torch
 
@@ -86,7 +88,7 @@ def paired_fidelity(
     real_hu: np.ndarray,
     fake_hu: np.ndarray,
     lung_mask: np.ndarray,
-    hu_window: tuple[float, float] = (-1000.0, 500.0),
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
     *,
     body_mask: np.ndarray | None = None,
     ssim_kernel: int = 11,

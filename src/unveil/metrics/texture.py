@@ -12,7 +12,8 @@ Always available (no network): for a region (lung, one zone, ...) of one CT,
 - ``glcm_contrast`` and ``glcm_homogeneity``: grey-level co-occurrence features
   (``skimage.feature.graycomatrix`` / ``graycoprops``) computed on 2D axial slices of the
   region.  Each slice is clipped to ``glcm_window`` and quantised into ``glcm_levels``
-  equal HU bins (default 64 bins over -1000..500 HU, about 23 HU each); voxels outside the
+  equal HU bins (default 64 bins over :data:`unveil.config.DEFAULT_HU_WINDOW`,
+  -1000..500 HU, about 23 HU each); voxels outside the
   region get an extra level 0, and every pair touching level 0 is dropped, so only pairs
   of two region voxels count.  Pair counts are summed over all slices, distances and
   angles (0, 45, 90, 135 degrees in the slice plane) before the features are computed,
@@ -33,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from unveil.config import DEFAULT_HU_WINDOW
 
 #: Emphysema threshold (HU): voxels strictly below it count as low attenuation.
 LAA_HU = -950.0
@@ -59,7 +62,7 @@ def texture_stats(
     mask: np.ndarray,
     *,
     axis: int = 2,
-    glcm_window: tuple[float, float] = (-1000.0, 500.0),
+    glcm_window: tuple[float, float] = DEFAULT_HU_WINDOW,
     glcm_levels: int = 64,
     glcm_distances: Sequence[int] = (1,),
     glcm_angles: Sequence[float] = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4),

@@ -125,17 +125,42 @@ def _valid_values(template: Template, name: str) -> str:
     return ", ".join(pairs)
 
 
+def split_edit(text: str) -> tuple[str, str, str] | None:
+    """The grammar of an edit alone, without a template: ``(field, sign, raw value)``.
+
+    ``sign`` is ``"="``, ``"+="``, ``"-="`` or ``"unset"`` (``raw`` then ``""``); ``raw`` is
+    the stripped text after the sign, possibly empty.  None when ``text`` is not of one of
+    the forms of the module doc.  This is the one place the forms are spelled: callers
+    that have no template (e.g. an analysis reading an old run) parse with it too.
+    """
+    if not isinstance(text, str):
+        return None
+    m = _UNSET_RE.match(text)
+    if m:
+        return (m.group(1), "unset", "")
+    m = _EDIT_RE.match(text)
+    if not m:
+        return None
+    return (m.group(1), m.group(2), m.group(3).strip())
+
+
+def edit_field(text: str) -> str | None:
+    """The field an edit text changes (``smoking=current``, ``age+=10`` and
+    ``unset-smoking`` -> ``smoking`` / ``age``), by :func:`split_edit`; None if not an edit."""
+    parts = split_edit(text)
+    return None if parts is None else parts[0]
+
+
 def parse_edit(text: str, template: Template) -> Edit:
     """Parse one edit (see the module doc) and check it against ``template``."""
     if not isinstance(text, str) or not text.strip():
         raise EditError(f"edit {text!r} is empty; write it as {_FORMS}.")
-    m = _UNSET_RE.match(text)
-    if m:
-        return parse_unset(m.group(1), template)
-    m = _EDIT_RE.match(text)
-    if not m:
+    parts = split_edit(text)
+    if parts is None:
         raise EditError(f"edit '{text.strip()}' is not of the form {_FORMS}.")
-    name, sign, raw = m.group(1), m.group(2), m.group(3).strip()
+    name, sign, raw = parts
+    if sign == "unset":
+        return parse_unset(name, template)
     f = _field(template, name, text.strip())
     if not raw:
         raise EditError(
