@@ -67,11 +67,8 @@ def test_head_gives_each_label_its_own_shift_and_follows_the_knots():
     torch.testing.assert_close(out[0, 0, 6, 0], torch.full((8,), -2.0))  # airway constant
 
 
-def test_unet_with_head_rebuilds_from_its_kwargs_and_refuses_bad_settings():
-    net = ConditionalUNet(
-        1,
-        3,
-        1,
+def test_unet_with_head_rebuilds_from_its_settings_and_refuses_bad_settings():
+    settings = dict(
         channels=(8, 16),
         norm_groups=4,
         fusion="concat",
@@ -80,7 +77,8 @@ def test_unet_with_head_rebuilds_from_its_kwargs_and_refuses_bad_settings():
         effect_knots=4,
         height_channel=2,
     )
-    twin = ConditionalUNet(**net.init_kwargs)
+    net = ConditionalUNet(1, 3, 1, **settings)
+    twin = ConditionalUNet(1, 3, 1, **settings)
     twin.load_state_dict(net.state_dict())
     with torch.no_grad():
         a = net(None, _mask(), None, _cond())

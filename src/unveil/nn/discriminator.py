@@ -59,15 +59,6 @@ class ConditionalPatchDiscriminator(nn.Module):
             )
         if cond_dim is not None and cond_dim < 1:
             raise ValueError(f"cond_dim must be positive or None (got {cond_dim}).")
-        # Constructor arguments as plain data, so a checkpoint can rebuild the network alone.
-        self.init_kwargs = {
-            "image_channels": image_channels,
-            "mask_channels": mask_channels,
-            "channels": channels,
-            "layers": layers,
-            "cond_dim": cond_dim,
-            "norm": norm,
-        }
         self.image_channels = image_channels
         self.mask_channels = mask_channels
         self.layers = layers

@@ -222,26 +222,6 @@ class ConditionalUNet(nn.Module):
         if out_activation not in ("tanh", "linear"):
             raise ValueError(f"out_activation must be 'tanh' or 'linear', not '{out_activation}'.")
 
-        # Constructor arguments as plain data, so a checkpoint can rebuild the network alone
-        # (``ConditionalUNet(**net.init_kwargs)``).
-        self.init_kwargs = {
-            "image_channels": image_channels,
-            "mask_channels": mask_channels,
-            "out_channels": out_channels,
-            "channels": list(channels),
-            "res_blocks": res_blocks,
-            "norm_groups": norm_groups,
-            "fusion": fusion,
-            "fusion_levels": list(fusion_levels),
-            "heads": heads,
-            "cond_dim": cond_dim,
-            "with_time": with_time,
-            "noise_channels": noise_channels,
-            "out_activation": out_activation,
-            "effect_knots": effect_knots,
-            "height_channel": height_channel,
-            "depth_channel": depth_channel,
-        }
         self.image_channels = image_channels
         self.mask_channels = mask_channels
         self.out_channels = out_channels
@@ -446,10 +426,9 @@ class RegionalEffectHead(nn.Module):
     (bilinear in both).  The output is added to the network's output, before its
     activation.
 
-    Why: measured on the phantom (docs/recovery.md), the UNet's text path spreads a zonal
-    effect over the whole lung and into the airway (with -40 HU in the upper zone, the
-    middle zone got -17 HU and the airway -21 HU) because it has to draw the zone's shape
-    itself.  Here the label gating keeps the shift of one structure out of another exactly,
+    Why: measured on the phantom (figures in docs/recovery.md), the UNet's text path
+    spreads a zonal effect over the whole lung and into the airway because it has to draw
+    the zone's shape itself.  Here the label gating keeps the shift of one structure out of another exactly,
     and the height basis gives zonal shifts a direct, low-dimensional path from the text;
     everything else (texture, non-zonal patterns) stays with the UNet.
 
