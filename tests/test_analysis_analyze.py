@@ -21,13 +21,13 @@ import pytest
 
 from unveil.analysis.analyze import analyze_run, format_table, parse_run_edit
 from unveil.analysis.figures import display_slices
-from unveil.analysis.layout import RunLayout, edit_slug, read_run
 from unveil.config import DataConfig
 from unveil.data.effects import EffectSpec, effects_record, write_effects_json
 from unveil.data.io import Volume, read_volume, write_volume
 from unveil.data.regions import region_mask
 from unveil.errors import UnveilError
 from unveil.fs import write_json, write_text
+from unveil.records import RunLayout, edit_slug, read_run
 
 SIZE = 16
 SHIFT = -60.0

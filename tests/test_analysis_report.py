@@ -14,7 +14,6 @@ from PIL import Image
 
 from unveil.analysis import figures
 from unveil.analysis.analyze import COHORT_COLUMNS
-from unveil.analysis.layout import RunLayout
 from unveil.analysis.report import (
     edit_field,
     fmt_hu,
@@ -25,6 +24,7 @@ from unveil.analysis.report import (
 from unveil.cli import main
 from unveil.data.io import Volume, write_volume
 from unveil.errors import UnveilError
+from unveil.records import RunLayout
 
 SHAPE = (16, 16, 16)
 # LPS-like storage (x and y flipped) with anisotropic voxels: the report must reorient.

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from unveil.analysis.layout import RUN_JSON
 from unveil.cli import main
 from unveil.config import load_config, resolve_config_path
 from unveil.data.io import read_volume
 from unveil.errors import UnveilError
 from unveil.infer import counterfactual as cfmod
 from unveil.infer.counterfactual import PLAN_JSON, generate_cohort, run_counterfactual
+from unveil.records import RUN_JSON
 from unveil.train.loop import train
 
 FAST = ["train.val_every=1000", "train.ckpt_every=1000"]
@@ -204,7 +204,7 @@ def test_counterfactual_refuses_a_non_finite_floor_and_stays_incomplete(
     assert sorted(p.name for p in sub.iterdir()) == ["factual_s0.nii.gz"]
     assert not (out / RUN_JSON).exists()  # the run is not marked complete
     with pytest.raises(UnveilError, match="incomplete|missing"):
-        from unveil.analysis.layout import read_run
+        from unveil.records import read_run
 
         read_run(out)
 

@@ -309,9 +309,9 @@ def _labels() -> np.ndarray:
 def _fake_run(root, ids, nan_volume=None):
     """A tiny counterfactual run of ``ids`` (no model): cohort, run.json and volumes.
     ``nan_volume``: ``(id, contrast)`` whose seed-0 volume gets NaN and inf voxels."""
-    from unveil.analysis.layout import RunLayout
     from unveil.config import DataConfig
     from unveil.data.io import Volume, write_volume
+    from unveil.records import RunLayout
 
     rng = np.random.default_rng(0)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])

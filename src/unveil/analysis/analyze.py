@@ -1,6 +1,6 @@
 """``unveil analyze RUN``: what each edit changes, in HU, per region, against chance.
 
-Reads a counterfactual run (:mod:`unveil.analysis.layout`) and its cohort, and writes
+Reads a counterfactual run (:mod:`unveil.records`) and its cohort, and writes
 ``RUN/analysis/``.  The statistics are explained in ``docs/statistics.md``; in short:
 
 - the **subject is the unit**: a subject's effect in a region is the mean over its seeds
@@ -68,7 +68,6 @@ from typing import Any
 
 import numpy as np
 
-from unveil.analysis.layout import RUN_JSON, RunLayout, read_run
 from unveil.analysis.stats import (
     MISSING_LEVEL,
     benjamini_hochberg,
@@ -88,6 +87,7 @@ from unveil.analysis.stats import (
 )
 from unveil.config import DEFAULT_HU_WINDOW
 from unveil.errors import DataError, UnveilError
+from unveil.records import RUN_JSON, RunLayout, read_run
 from unveil.text.edits import parse_edit, split_edit
 
 log = logging.getLogger(__name__)

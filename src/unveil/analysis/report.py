@@ -925,7 +925,7 @@ def _edit_section(
     subjects_shown: int,
 ) -> str:
     from unveil.analysis import figures
-    from unveil.analysis.layout import RunLayout
+    from unveil.records import RunLayout
 
     rows = _contrast_rows(results, edit)
     rec_rows = [r for r in results.get("recovery", []) if str(r.get("contrast")) == edit]
@@ -1077,7 +1077,7 @@ def _edit_section(
 def render_report(run_root: str | os.PathLike, subjects_shown: int = 2) -> str:
     """The report page as an HTML string (see :func:`write_report`)."""
     from unveil.analysis import figures
-    from unveil.analysis.layout import RUN_JSON, read_run
+    from unveil.records import RUN_JSON, read_run
 
     root = Path(run_root)
     results = load_results(root)

@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unveil.analysis.analyze import analyze_run, format_table
-    from unveil.analysis.layout import RunLayout
+    from unveil.records import RunLayout
 
     results = analyze_run(
         args.run,

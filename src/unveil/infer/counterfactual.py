@@ -20,7 +20,7 @@ prompts and under every edit, so ``--baseline smoking=never --edit smoking=curre
 contrasts never with current for every subject instead of only for those who were not
 current smokers already.
 
-Writes the layout of :mod:`unveil.analysis.layout`; ``counterfactual.json`` is written
+Writes the layout of :mod:`unveil.records`; ``counterfactual.json`` is written
 last, so a run without it is incomplete (and ``unveil analyze`` says so).
 
 Resuming: before the first volume, the run's parameters (checkpoint file, cohort files,
@@ -409,10 +409,10 @@ def run_counterfactual(
     """
     from tqdm.auto import tqdm
 
-    from unveil.analysis.layout import RUN_JSON, RunLayout, edit_slug
     from unveil.data.cohort import Cohort
     from unveil.data.io import write_volume
     from unveil.fs import write_json
+    from unveil.records import RUN_JSON, RunLayout, edit_slug
     from unveil.text.edits import apply_edits, parse_edit
     from unveil.train.distributed import barrier, init_distributed, shutdown
 

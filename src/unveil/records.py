@@ -1,4 +1,4 @@
-"""The on-disk layout of a counterfactual run: one place that names every file.
+"""The on-disk layout of a counterfactual run and the records it holds: one place that names every file.
 
 ``unveil counterfactual`` writes a run with these paths and ``unveil analyze`` reads it
 back with the same ones, so writer and reader cannot disagree about a file name::
