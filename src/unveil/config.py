@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unveil.errors import ConfigError
-from unveil.nn.fusion_registry import FUSIONS, fusion_spec
+from unveil.fusion_registry import FUSIONS, fusion_spec
 
 
 class Section(BaseModel):
@@ -155,7 +155,7 @@ class TextConfig(Section):
     cache_dir: str | None = None
 
 
-#: A kind of the fusion registry (:data:`unveil.nn.fusion_registry.FUSIONS`), checked by
+#: A kind of the fusion registry (:data:`unveil.fusion_registry.FUSIONS`), checked by
 #: :meth:`ModelConfig._fusion_registered` against the registry at validation time, so that a
 #: kind registered at run time is accepted without editing this file.
 FusionKind = str
@@ -170,7 +170,7 @@ class ModelConfig(Section):
     norm_groups: int = Field(default=8, ge=1)
     fusion: FusionKind = Field(
         default="affine",
-        description="how the text enters the UNet: a kind of unveil.nn.fusion_registry.FUSIONS",
+        description="how the text enters the UNet: a kind of unveil.fusion_registry.FUSIONS",
     )
     fusion_levels: list[Literal["bottleneck", "decoder", "encoder"]] = Field(
         default_factory=lambda: ["bottleneck"]

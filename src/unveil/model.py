@@ -95,8 +95,8 @@ def build_models(
     cfg: Config, meta: ModelMeta
 ) -> tuple[TextConditionedGenerator, TextConditionedDiscriminator | None]:
     """Fresh generator (and discriminator for GANs) for ``cfg`` and ``meta``."""
+    from unveil.fusion_registry import fusion_spec
     from unveil.nn.build import build_discriminator, build_generator
-    from unveil.nn.fusion_registry import fusion_spec
 
     text_on = fusion_spec(cfg.model.fusion).uses_text
     cond_dim = cfg.text.cond_dim

@@ -73,8 +73,8 @@ import numpy as np
 
 from unveil.csvsafe import neutralise_cell
 from unveil.errors import UnveilError
+from unveil.fusion_registry import DISPLAY_NAMES
 from unveil.metrics.adherence import figure
-from unveil.nn.fusion_registry import DISPLAY_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ networks call each unit's ``reset_parameters`` from their own ``init_weights``, 
 global ``module.apply(init)`` followed by ``init_weights()`` restores the contract.
 
 Which kinds exist, their display names and how the UNet wires each of them is the fusion
-registry (:mod:`unveil.nn.fusion_registry`, re-exported here): the ``unit`` kinds are the
+registry (:mod:`unveil.fusion_registry`, re-exported here): the ``unit`` kinds are the
 classes below, built by :func:`make_fusion`; ``adagn`` is a ``norm`` kind, a text
 scale-shift inside the UNet's residual blocks (:class:`AdaGNEmbedding`, :class:`AdaGNShift`).
 """
@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from unveil.conditioning import TextCondition
-from unveil.nn.fusion_registry import (
+from unveil.fusion_registry import (
     DISPLAY_NAMES,
     FUSIONS,
     FusionSpec,

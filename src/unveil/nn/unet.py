@@ -11,7 +11,7 @@ One backbone, two families:
 
 The mask arrives one-hot ``(B, M, D, H, W)`` and is concatenated to the input.  The text
 enters through the fusion kind named by ``fusion``, looked up in the fusion registry
-(:mod:`unveil.nn.fusion_registry`), at the levels named in ``fusion_levels``:
+(:mod:`unveil.fusion_registry`), at the levels named in ``fusion_levels``:
 ``"bottleneck"`` (default, cheap), ``"decoder"`` and/or ``"encoder"`` (every level at that
 side, up to full resolution, where cross-attention over ``D x H x W`` voxels becomes the
 dominant cost).  The spec's placement says how: ``unit`` kinds add a fusion unit after the
@@ -161,7 +161,7 @@ class ConditionalUNet(nn.Module):
         channels: width per level; ``len(channels) - 1`` downsamplings.
         res_blocks: residual blocks per level.
         norm_groups: GroupNorm groups; must divide every width.
-        fusion: a kind of the fusion registry (:data:`unveil.nn.fusion_registry.FUSIONS`,
+        fusion: a kind of the fusion registry (:data:`unveil.fusion_registry.FUSIONS`,
             e.g. ``affine``; ``none`` for mask-only); a ``norm`` kind such as ``adagn`` is
             not a separate unit but a text scale-shift inside every residual block of the
             fused levels.
