@@ -39,7 +39,8 @@ text condition at MiniLM width (384, ~40 tokens, as the shipped configs use Mini
 
 ``--rounds N`` repeats every case N times, interleaved, so a change of load during the run
 hits all cases alike.  ``--json PATH`` keeps the raw numbers; ``--load PATH`` (repeatable)
-prints the tables of saved runs again, merged.  See ``benchmarks/README.md``.
+prints the tables of saved runs again, merged.  The file's rows are typed in
+:mod:`unveil.records.benchmark` (written and read there).  See ``benchmarks/README.md``.
 
 Usage::
 
@@ -827,19 +828,28 @@ def report(results: list[dict], infos: list[dict], markdown: bool = False) -> st
 
 
 def load_results(paths: list[str]) -> tuple[list[dict], list[dict]]:
-    """Results and run infos from files written by ``--json`` (to merge runs in one table)."""
+    """Results and run infos from files written by ``--json`` (to merge runs in one table);
+    ``ValueError`` (one sentence naming the file and the field) for a file that is not one."""
+    from unveil.errors import DataError
+    from unveil.records.benchmark import read_train_step
+
     results, infos = [], []
     for path in paths:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            results += data["results"]
-            infos.append(data["info"])
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(
-                f"--load {path} is not a results file written by --json ({err}); rerun the "
-                "benchmark with --json PATH."
-            ) from None
+            record = read_train_step(path)
+        except DataError as err:
+            raise ValueError(f"--load {err}") from None
+        results += record.rows()
+        infos.append(record.info.model_dump())
     return results, infos
+
+
+def save_results(path: str, info: dict, args: argparse.Namespace, results: list[dict]) -> None:
+    """Write ``--json PATH`` through :mod:`unveil.records.benchmark` (read by ``--load``)."""
+    from unveil.records.benchmark import TrainStepResults, write_train_step
+
+    record = {"info": info, "args": vars(args), "results": results}
+    write_train_step(path, TrainStepResults.model_validate(record))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -859,9 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         results = measure_all(cases, args.rounds, isolate=not args.no_isolate)
         infos = [run_info(args, device, results)]
         if args.json:
-            from unveil.fs import write_json
-
-            write_json(args.json, {"info": infos[0], "args": vars(args), "results": results})
+            save_results(args.json, infos[0], args, results)
     print(report(results, infos, markdown=args.markdown))
     return 0 if all("error" not in r for r in results) else 1
 

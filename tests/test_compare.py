@@ -10,6 +10,7 @@ import pytest
 from unveil.cli import main
 from unveil.errors import UnveilError
 from unveil.metrics.compare import compare, load_eval
+from unveil.metrics.eval_render import variant_name
 
 
 def _fig(value, lo, hi, n=5, statistic="mean", unit=""):
@@ -23,15 +24,52 @@ def _fig(value, lo, hi, n=5, statistic="mean", unit=""):
     }
 
 
-def _eval(folder, family, fusion, mae, *, fid=None, auroc=None, recovery=None):
-    folder.mkdir(parents=True)
+def info_dict(family, fusion, **changes):
+    """A whole ``info.json`` as ``unveil evaluate`` writes it (every field of the record)."""
     info = {
+        "checkpoint": f"/runs/{family}-{fusion}/checkpoints/ckpt-00000100.pt",
+        "step": 100,
+        "run_name": f"{family}-{fusion}",
         "family": family,
         "fusion": fusion,
+        "variant": variant_name(family, fusion),
+        "cohort": "/cohorts/phantom",
         "split": "test",
         "n_subjects": 5,
         "subjects": ["a", "b", "c", "d", "e"],
+        "seed": 0,
+        "hu_window": [-1000.0, 500.0],
+        "n_boot": 1000,
+        "n_boot_set": 200,
+        "guidance_scale": None,
+        "amp": "none",
+        "sample_steps": None,
+        "features_2d": None,
+        "features_3d": None,
+        "fid_slices": "axial slices through the lung mask",
+        "fid_size_2d": None,
+        "fid_size_3d": None,
+        "edits": ["smoking=current"],
+        "adherence": {
+            "reader": "3D CNN",
+            "input_size": 32,
+            "epochs": 150,
+            "train_subjects": 20,
+            "attributes": ["smoking"],
+            "models": {
+                "smoking": {"kind": "classifier", "classes": ["never", "current"], "n_train": 20}
+            },
+        },
+        "versions": {"unveil": "0.1.0"},
+        "config": {"model": {"family": family, "fusion": fusion}},
     }
+    info.update(changes)
+    return info
+
+
+def _eval(folder, family, fusion, mae, *, fid=None, auroc=None, recovery=None):
+    folder.mkdir(parents=True)
+    info = info_dict(family, fusion)
     summary = {
         "mae_hu_lung": _fig(mae, mae - 5, mae + 5, unit="HU"),
         "ssim": _fig(0.8, 0.75, 0.85),
@@ -123,7 +161,7 @@ def test_two_runs_of_one_variant_are_told_apart_and_bad_folders_are_refused(tmp_
     _, rows = compare([a, b], tmp_path / "cmp")
     assert [r["model"] for r in rows] == ["GAN affine (run1)", "GAN affine (run2)"]
     assert rows[0]["mae_hu_lung_vs_mask_only"] is None  # no mask-only run to divide by
-    assert load_eval(a).summary["psnr"]["value"] == float("inf")
+    assert load_eval(a).summary.figure("psnr").value == float("inf")
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,8 +26,27 @@ from unveil.metrics.adherence import (
     fit_attribute_model,
     reading_figures,
 )
-from unveil.metrics.evaluate import evaluate, json_safe, variant_name
+from unveil.metrics.eval_render import per_subject_csv, summary_markdown
+from unveil.metrics.eval_subject import mask_figures, volume_figures
+from unveil.metrics.eval_summary import (
+    AttributePlan,
+    SummaryOptions,
+    adherence_figures,
+    build_summary,
+    edit_reasons,
+    effectiveness_figures,
+    feature_figures,
+    fidelity_notes,
+    is_number,
+    overlap_note,
+    summarize_records,
+    texture_z,
+    unit,
+)
+from unveil.metrics.eval_types import Readers, SubjectResult
+from unveil.metrics.evaluate import EvaluationRequest, evaluate, json_safe, variant_name
 from unveil.metrics.features import missing_network_message
+from unveil.records.evaluation import EvaluationSummary
 from unveil.text.edits import parse_edit
 from unveil.text.template import load_template
 from unveil.train.loop import train
@@ -382,3 +402,201 @@ def test_without_the_runs_splits_adherence_says_why_and_the_rest_is_measured(
         s["effectiveness_age+=10"] is None and "training split" in s["effectiveness_age+=10_reason"]
     )
     assert math.isfinite(s["mae_hu_lung"]["value"]) and s["mae_hu_lung"]["ci_low"] is None  # n = 1
+
+
+# ------------------------------------------------------------------ the pure parts (no files)
+
+
+def _tex(mean, pct):
+    return {"lung": {"mean_hu": mean, "laa950_pct": pct, "n_voxels": 100}}
+
+
+def test_texture_z_divides_by_the_spread_of_the_real_subjects():
+    real = [_tex(-850.0, 10.0), _tex(-830.0, 14.0), _tex(-840.0, 12.0)]
+    fake = [_tex(-840.0, 10.0), _tex(-830.0, 16.0), _tex(-840.0, None)]
+    z = texture_z(real, fake)
+    # SD (ddof 1) of the real means is 10 HU, of the LAA-950 % is 2.
+    assert z[0]["texture_z_lung"] == pytest.approx((10 / 10 + 0 / 2) / 2)
+    assert z[1]["texture_z_lung"] == pytest.approx((0 / 10 + 2 / 2) / 2)
+    assert z[2]["texture_z_lung"] == pytest.approx(0.0)  # the missing feature is left out
+    assert texture_z(real[:1], fake[:1]) == [{}]  # one subject has no spread
+
+
+def test_summarize_records_orders_fidelity_first_and_names_units_and_statistics():
+    records = [
+        {"id": "a", "wasserstein_lung": 3.0, "psnr": math.inf, "mae_hu": 10.0, "n_lung": 5},
+        {"id": "b", "wasserstein_lung": 5.0, "psnr": 30.0, "mae_hu": 20.0, "n_lung": 7},
+    ]
+    s = summarize_records(records, seed=0, n_boot=50)
+    assert list(s) == ["mae_hu", "psnr", "wasserstein_lung"]  # n_lung is bookkeeping
+    assert s["mae_hu"]["value"] == 15.0 and s["mae_hu"]["unit"] == "HU" and s["mae_hu"]["n"] == 2
+    assert s["psnr"]["statistic"] == "median" and s["psnr"]["unit"] == "dB"
+    assert s["psnr"]["value"] == math.inf
+    assert [unit(k) for k in ("texture_lung/mean_hu", "texture_lung/laa950_pct", "dice_lung")] == [
+        "HU",
+        "%",
+        "",
+    ]
+    assert is_number(1) and is_number(math.inf) and not is_number(True)
+    assert not is_number(math.nan) and not is_number(None)
+
+
+def test_fidelity_notes_say_why_ms_ssim_and_texture_distances_are_missing():
+    notes = fidelity_notes([{"ms_ssim": None, "ms_ssim_reason": "too small."}])
+    assert notes["ms_ssim"] is None and notes["ms_ssim_reason"] == "too small."
+    assert "at least two subjects" in notes["texture_z_reason"]
+    assert fidelity_notes([{"ms_ssim": 0.9}, {"ms_ssim": 0.8}]) == {}
+
+
+def test_feature_figures_give_numbers_with_a_network_and_sentences_without():
+    rng = np.random.default_rng(0)
+    real = [rng.normal(size=(4, 3)) for _ in range(5)]
+    fake = [rng.normal(1.0, size=(4, 3)) for _ in range(5)]
+    out = feature_figures({"2d": (real, fake), "3d": None}, seed=0, n_boot_set=20, n_subjects=5)
+    assert out["fid_2d"]["value"] > 0 and out["fid_2d"]["n"] == 5
+    assert out["fid_2d"]["ci_low"] <= out["fid_2d"]["value"] <= out["fid_2d"]["ci_high"]
+    assert out["kid_2d"]["statistic"] == "set (interval over subjects)"
+    assert out["fid_3d"] is None and out["fid_3d_reason"] == missing_network_message("3d")
+    few = feature_figures(
+        {"3d": ([real[0][:1]], [fake[0][:1]])}, seed=0, n_boot_set=5, n_subjects=1
+    )
+    assert few["fid_3d"] is None and "at least 2 subjects" in few["kid_3d_reason"]
+
+
+def test_adherence_and_edits_without_readers_are_sentences():
+    t = load_template("phantom")
+    edits = {str(parse_edit(e, t)): parse_edit(e, t) for e in ("age+=10", "unset smoking")}
+    off = Readers(note="condition adherence was not asked for (--no-adherence).")
+    reasons = edit_reasons(edits, off, t)
+    assert reasons["age+=10"].endswith("(--no-adherence).")
+    assert "removes a value" in reasons["unset-smoking"]
+    partial = Readers(reasons={"age": "too few subjects"})
+    assert edit_reasons(edits, partial, t)["age+=10"].endswith("too few subjects.")
+    rows = [{"age": 60.0}, {"age": 70.0}]
+    results = [SubjectResult({"id": i, "mae_hu": 1.0}, _tex(-850, 1), _tex(-850, 1)) for i in "ab"]
+    plan = AttributePlan(t, ["age"], rows, edits, reasons)
+    opts = SummaryOptions(seed=0, n_boot=20)
+    summary, columns = adherence_figures(results, off, plan, opts)
+    assert summary == {"adherence_reason": off.note} and columns == [{}, {}]
+    summary, _ = adherence_figures(results, partial, plan, opts)
+    assert summary["adherence_age_mae_real"] is None
+    assert summary["adherence_age_reason"].endswith("too few subjects.")
+    eff, _ = effectiveness_figures(results, off, plan, opts)
+    assert (
+        eff["effectiveness_age+=10"] is None
+        and eff["effectiveness_age+=10_reason"] == (reasons["age+=10"])
+    )
+    assert overlap_note(["a"], Readers(train_ids=["a"])) == {}  # no reader, nothing optimistic
+
+
+def test_build_summary_puts_figures_then_sentences_and_rows_in_column_order():
+    results = [
+        SubjectResult(
+            {"id": "a", "mae_hu": 10.0, "texture_lung/mean_hu": 1.0}, _tex(-850, 1), _tex(-840, 1)
+        ),
+        SubjectResult(
+            {"id": "b", "mae_hu": 20.0, "texture_lung/mean_hu": 2.0}, _tex(-830, 3), _tex(-830, 3)
+        ),
+    ]
+    plan = AttributePlan(load_template("phantom"), [], [{}, {}], {}, {})
+    readers = Readers(note="condition adherence was not asked for (--no-adherence).")
+    summary, rows = build_summary(
+        results, ["a", "b"], readers, plan, SummaryOptions(seed=0, n_boot=20)
+    )
+    assert list(summary)[:3] == ["mae_hu", "texture_lung/mean_hu", "texture_z_lung"]
+    assert summary["ms_ssim"] is None and summary["fid_2d"] is None
+    assert list(summary)[-1] == "adherence_reason"
+    assert list(rows[0]) == ["id", "mae_hu", "texture_lung/mean_hu", "texture_z_lung"]
+    # The per-feature texture columns go last in the CSV; text cells are neutralised.
+    text = per_subject_csv([{**rows[0], "id": "=cmd"}, rows[1]])
+    assert text.splitlines()[0] == "id,mae_hu,texture_z_lung,texture_lung/mean_hu"
+    assert text.splitlines()[1].startswith("'=cmd,10,")
+
+
+def test_volume_and_mask_figures_of_a_perfect_copy():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((16, 16, 16), np.int16)
+    labels[3:8, 3:13, 3:13], labels[9:14, 3:13, 3:13] = 1, 2
+    real = np.where(labels > 0, -850.0, 40.0) + rng.normal(0, 20, labels.shape)
+    real[0] = -1000.0  # air around the body
+    lung = labels > 0
+    regions = {"lung": lung, "right_lung": labels == 1}
+    rec, texture, t_real, t_fake = volume_figures(real, real.copy(), lung, regions, (-1000, 500))
+    assert rec["mae_hu"] == pytest.approx(0.0) and rec["wasserstein_lung"] == pytest.approx(0.0)
+    assert set(t_real) == {"lung", "right_lung"} and t_real == t_fake
+    assert all(v == pytest.approx(0.0) for v in texture.values() if v is not None)
+    dice = mask_figures(
+        {"": (labels, None), "ref_": (None, "no lungs found.")},
+        labels,
+        {"lung": (1, 2), "right_lung": (1,)},
+    )
+    assert dice == {
+        "dice_lung": 1.0,
+        "dice_right_lung": 1.0,
+        "lungmask_failed": 0,
+        "lungmask_error": None,
+        "ref_dice_lung": 0.0,
+        "ref_dice_right_lung": 0.0,
+        "ref_lungmask_failed": 1,
+        "ref_lungmask_error": "no lungs found.",
+    }
+
+
+def test_summary_markdown_renders_the_records():
+    summary = EvaluationSummary.model_validate(
+        {
+            "mae_hu_lung": {
+                "value": 12.34567,
+                "ci_low": 10.0,
+                "ci_high": 15.0,
+                "n": 2,
+                "statistic": "mean",
+                "unit": "HU",
+            },
+            "psnr": {
+                "value": math.inf,
+                "ci_low": None,
+                "ci_high": None,
+                "n": 1,
+                "statistic": "median",
+                "unit": "dB",
+            },
+            "fid_2d": None,
+            "fid_2d_reason": "no network.",
+            "kid_2d": None,
+            "kid_2d_reason": "no network.",
+        }
+    )
+    info = SimpleNamespace(
+        variant="GAN affine", checkpoint="ck.pt", step=3, cohort="c", split=None, n_subjects=2,
+        seed=0, n_boot=100, n_boot_set=20,
+    )  # fmt: skip
+    md = summary_markdown(summary, info)
+    assert "# Evaluation: GAN affine" in md and "split: explicit ids, 2 subjects" in md
+    assert "| mae_hu_lung | mean | 12.35 | [10, 15] | 2 | HU |" in md
+    assert "| psnr | median | inf |  | 1 | dB |" in md
+    assert "- **fid_2d, kid_2d**: no network." in md
+
+
+def test_the_request_is_validated_once_with_the_cli_defaults():
+    import argparse
+
+    from unveil.commands import evaluate as command
+
+    r = EvaluationRequest.create(checkpoint="ck.pt", cohort="c", out="o", ids=[], features_2d="")
+    assert r.ids is None and r.features_2d is None and r.split == "test"
+    with pytest.raises(UnveilError, match=r"^--n-boot must be at least 1, not 0\.$"):
+        EvaluationRequest.create(checkpoint="ck.pt", cohort="c", out="o", n_boot=0)
+    with pytest.raises(UnveilError, match="option adherence_size is invalid"):
+        EvaluationRequest.create(checkpoint="ck.pt", cohort="c", out="o", adherence_size="big")
+    with pytest.raises(TypeError, match="shoe_size"):  # a programming error stays one
+        EvaluationRequest.create(checkpoint="ck.pt", cohort="c", out="o", shoe_size=3)
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = vars(parser.parse_args(["evaluate", "--checkpoint", "k", "--cohort", "c", "--out", "o"]))
+    for name in ("split", "ids", "seed", "features_2d", "features_3d", "n_boot", "device"):
+        assert args[name] == EvaluationRequest.model_fields[name].default, name
+    for name in ("guidance_scale", "steps", "amp", "attributes", "fid_size_2d", "fid_size_3d"):
+        assert args[name] == EvaluationRequest.model_fields[name].default, name
+    assert args["edit"] == list(EvaluationRequest.model_fields["edits"].default)
+    assert not args["no_adherence"] and not args["no_progress"] and not args["overwrite"]

@@ -79,12 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unveil.metrics.evaluate import evaluate, fmt
+    from unveil.metrics.evaluate import EvaluationRequest, fmt, run_evaluation
 
-    summary = evaluate(
-        args.checkpoint,
-        args.cohort,
-        args.out,
+    request = EvaluationRequest.create(
+        checkpoint=args.checkpoint,
+        cohort=args.cohort,
+        out=args.out,
         split=args.split,
         ids=args.ids,
         seed=args.seed,
@@ -103,15 +103,16 @@ def run(args: argparse.Namespace) -> int:
         fid_size_3d=args.fid_size_3d,
         overwrite=args.overwrite,
     )
+    summary = run_evaluation(request).summary
     for key in ("mae_hu_lung", "ssim", "psnr", "wasserstein_lung", "dice_lung", "fid_2d", "fid_3d"):
-        f = summary.get(key)
-        if isinstance(f, dict):
+        f = summary.figure(key)
+        if f is not None:
             print(
-                f"{key}: {fmt(f['value'])} [{fmt(f['ci_low'])}, {fmt(f['ci_high'])}] "
-                f"({f['statistic']}, n={f['n']})"
+                f"{key}: {fmt(f.value)} [{fmt(f.ci_low)}, {fmt(f.ci_high)}] "
+                f"({f.statistic}, n={f.n})"
             )
-        elif f"{key}_reason" in summary:
-            print(f"{key}: not computed: {summary[key + '_reason']}")
+        elif summary.reason(key) is not None:
+            print(f"{key}: not computed: {summary.reason(key)}")
     print(
         f"evaluation written to {args.out} (summary.md, summary.json, per_subject.csv, info.json)"
     )

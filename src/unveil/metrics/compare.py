@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unveil.csvsafe import neutralise_cell, restore_cell
 from unveil.errors import UnveilError
-from unveil.metrics.evaluate import FAMILY_NAMES, FUSION_NAMES, fmt, variant_name
+from unveil.metrics.eval_render import FAMILY_NAMES, FUSION_NAMES, csv_cell, fmt
+from unveil.records.evaluation import EvaluationInfo, EvaluationSummary, read_evaluation
 
 #: Fixed key figures: (summary key, column title, lower is better?).
 KEY_FIGURES: tuple[tuple[str, str, bool], ...] = (
@@ -69,65 +70,42 @@ _FUSION_ORDER = list(FUSION_NAMES)
 
 @dataclass
 class EvalRun:
-    """One evaluation folder, read back.
+    """One evaluation folder, read back through :mod:`unveil.records.evaluation`.
 
     Attributes:
         path: the folder.
-        family, fusion: from ``info.json``.
-        label: the row name.
-        summary: ``summary.json`` (``"inf"`` strings turned back into floats).
+        label: the row name (the variant name, with the folder name when two runs share it).
+        summary: ``summary.json`` (``inf`` read back as a float).
         info: ``info.json``.
         recovery: planted-vs-recovered figures from ``recovery.csv`` (empty without one).
     """
 
     path: Path
-    family: str
-    fusion: str
     label: str
-    summary: dict[str, Any]
-    info: dict[str, Any]
+    summary: EvaluationSummary
+    info: EvaluationInfo
     recovery: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.info.family
+
+    @property
+    def fusion(self) -> str:
+        return self.info.fusion
 
 
 def load_eval(path: str | Path) -> EvalRun:
-    """Read an ``unveil evaluate`` folder; one-sentence :class:`UnveilError` when it is not one."""
+    """Read an ``unveil evaluate`` folder; one-sentence :class:`~unveil.errors.DataError`
+    when it is not one (a file or a field missing, an unknown field)."""
     p = Path(path)
-    files = {}
-    for name in ("info.json", "summary.json"):
-        f = p / name
-        if not f.is_file():
-            raise UnveilError(
-                f"{p} is not an evaluation folder (it has no {name}); give folders written by "
-                "unveil evaluate."
-            )
-        try:
-            files[name] = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise UnveilError(
-                f"{f} cannot be read as JSON ({type(err).__name__}); re-run unveil evaluate for {p}."
-            ) from None
-    info, summary = files["info.json"], files["summary.json"]
-    if not isinstance(info, dict) or not isinstance(summary, dict):
-        raise UnveilError(f"{p} holds malformed info.json / summary.json; re-run unveil evaluate.")
-    family = str(info.get("family", "?"))
-    fusion = str(info.get("fusion", "?"))
-    label = str(info.get("variant") or variant_name(family, fusion))
+    record = read_evaluation(p)
     recovery = _read_recovery(p / "recovery.csv")
-    return EvalRun(p, family, fusion, label, _decode(summary), info, recovery)
-
-
-def _decode(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _decode(v) for k, v in obj.items()}
-    if obj in ("inf", "-inf"):
-        return float(obj)
-    return obj
+    return EvalRun(p, record.info.variant, record.summary, record.info, recovery)
 
 
 def _read_recovery(path: Path) -> dict[str, float | None]:
     """Aggregate ``recovery.csv`` rows (columns of ``unveil analyze``)."""
-    from unveil.csvsafe import restore_cell
-
     if not path.is_file():
         return {}
     try:
@@ -199,14 +177,14 @@ def figure_columns(runs: Sequence[EvalRun]) -> list[tuple[str, str, bool | None]
     the fixed key figures, then every adherence and effectiveness figure."""
     cols: list[tuple[str, str, bool | None]] = []
     for key, title, lower in KEY_FIGURES:
-        if any(isinstance(r.summary.get(key), dict) for r in runs):
+        if any(r.summary.figure(key) is not None for r in runs):
             cols.append((key, title, lower))
     dynamic: list[str] = []
     for r in runs:
-        for k, v in r.summary.items():
+        for k, v in r.summary.figures():
             if (
                 k.startswith(("adherence_", "effectiveness_"))
-                and isinstance(v, dict)
+                and v is not None
                 and k not in dynamic
                 and not k.endswith("_intended")
             ):
@@ -233,10 +211,10 @@ def _dynamic_title(key: str) -> str:
 
 
 def _value(run: EvalRun, key: str) -> tuple[float | None, float | None, float | None]:
-    f = run.summary.get(key)
-    if not isinstance(f, dict):
+    f = run.summary.figure(key)
+    if f is None:
         return None, None, None
-    return f.get("value"), f.get("ci_low"), f.get("ci_high")
+    return f.value, f.ci_low, f.ci_high
 
 
 def _reference(run: EvalRun, runs: Sequence[EvalRun]) -> EvalRun | None:
@@ -273,8 +251,8 @@ def compare_table(runs: Sequence[EvalRun]) -> tuple[list[str], list[dict[str, An
             "family": r.family,
             "fusion": r.fusion,
             "eval": str(r.path),
-            "split": r.info.get("split"),
-            "n_subjects": r.info.get("n_subjects"),
+            "split": r.info.split,
+            "n_subjects": r.info.n_subjects,
         }
         for key, _, _ in figs:
             row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"] = _value(r, key)
@@ -323,7 +301,7 @@ def compare_markdown(
         cells += [fmt(row[k]) for k in rec]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    splits = {(r.info.get("split"), tuple(r.info.get("subjects") or ())) for r in runs}
+    splits = {(r.info.split, tuple(r.info.subjects)) for r in runs}
     if len(splits) > 1:
         lines += [
             "Note: the runs were evaluated on different subjects; set-level figures (FID, KID) "
@@ -339,14 +317,11 @@ def compare_markdown(
 def compare_csv(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
     """``comparison.csv``; text cells a spreadsheet would run as formulas (a variant name
     ``=x`` from info.json) are written ``'=x`` (:mod:`unveil.csvsafe`), numbers as they are."""
-    from unveil.csvsafe import neutralise_cell
-    from unveil.metrics.evaluate import _csv_cell
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([neutralise_cell(c) for c in columns])
     for row in rows:
-        w.writerow([_csv_cell(row.get(c)) for c in columns])
+        w.writerow([csv_cell(row.get(c)) for c in columns])
     return buf.getvalue()
 
 
@@ -400,7 +375,9 @@ def compare(evals: Sequence[str | Path], out: str | Path) -> tuple[list[str], li
     """Read the evaluation folders and write ``comparison.md|csv|png`` into ``out``.
 
     Returns ``(columns, rows)`` of the table in row order.  Raises :class:`UnveilError`
-    when no folder is given or one is not an evaluation folder (nothing written then).
+    when no folder is given or one is not an evaluation folder (nothing written then);
+    :class:`~unveil.errors.DataError` names the file and the field of an evaluation
+    folder that does not match :mod:`unveil.records.evaluation`.
     """
     from unveil.fs import write_bytes, write_text
 
