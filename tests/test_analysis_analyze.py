@@ -20,14 +20,36 @@ import numpy as np
 import pytest
 
 from unveil.analysis.analyze import analyze_run, format_table, parse_run_edit
+from unveil.analysis.compute.association import adjusted_association, observed_rows
+from unveil.analysis.compute.calibration import calibrate_rows
+from unveil.analysis.compute.effects import (
+    add_training_uncertainty,
+    cohort_rows,
+    noise_floor_rows,
+    with_noise_floor,
+)
+from unveil.analysis.compute.recovery import expected_shift_means
+from unveil.analysis.compute.results import compute_results
+from unveil.analysis.compute.verdict import analysis_notes
 from unveil.analysis.figures import display_slices
+from unveil.analysis.inputs import AnalysisOptions, Measurements, run_design
+from unveil.analysis.load import read_generated
+from unveil.analysis.regions import region_indices
 from unveil.config import DataConfig
 from unveil.data.effects import EffectSpec, effects_record, write_effects_json
 from unveil.data.io import Volume, read_volume, write_volume
 from unveil.data.regions import region_mask
 from unveil.errors import UnveilError
 from unveil.fs import write_json, write_text
-from unveil.records import RunLayout, edit_slug, read_run
+from unveil.records import (
+    AdjustedRow,
+    Calibration,
+    CohortRow,
+    RunLayout,
+    RunRecord,
+    edit_slug,
+    read_run,
+)
 
 SIZE = 16
 SHIFT = -60.0
@@ -203,7 +225,12 @@ def biased(tmp_path_factory):
 
 
 def _row(rows, contrast, region):
-    found = [r for r in rows if r["contrast"] == contrast and r["region"] == region]
+    """The one row of a contrast and region (rows of results.json, or records)."""
+
+    def key(r, k):
+        return r[k] if isinstance(r, dict) else getattr(r, k)
+
+    found = [r for r in rows if key(r, "contrast") == contrast and key(r, "region") == region]
     assert len(found) == 1, (contrast, region)
     return found[0]
 
@@ -230,8 +257,8 @@ def test_read_run_lists_permuted_controls_as_volumes(tmp_path):
     }
     (tmp_path / "counterfactual.json").write_text(json.dumps(record))
     run = read_run(tmp_path, check_volumes=False)
-    assert run["permuted_controls"] == ["permuted-1:b"] and run["null_edits"] == []
-    assert run["noise"] == "per-subject"
+    assert run.permuted_controls == ["permuted-1:b"] and run.null_edits == []
+    assert run.noise == "per-subject"
     names = {p.name for p in RunLayout(tmp_path).volumes(run)}
     assert names == {
         "factual_s0.nii.gz",
@@ -269,7 +296,7 @@ def test_read_run_errors(tmp_path):
     )
     with pytest.raises(UnveilError, match=r"factual_s0.nii.gz is missing.*unveil counterfactual"):
         read_run(tmp_path)
-    assert read_run(tmp_path, check_volumes=False)["null_edits"] == []
+    assert read_run(tmp_path, check_volumes=False).null_edits == []
 
 
 def test_parse_run_edit_without_template():
@@ -482,75 +509,43 @@ def test_calibration_on_a_biased_model(biased):
     assert any("per-subject" in n and "not independent" in n for n in v["notes"])
 
 
+def _cohort_row(contrast, est, se, p, null, n=10):
+    """A cohort row as the tests against zero leave it (no FDR, no calibration yet)."""
+    return CohortRow(
+        contrast=contrast, region="lung", n_subjects=n, mean_diff_hu=est, ci_low=math.nan,
+        ci_high=math.nan, se_hu=se, p_value=p, q_value=math.nan, significant=False,
+        null_control=null,
+    )  # fmt: skip
+
+
 def test_too_few_controls_fall_back_on_the_raw_test():
-    from unveil.analysis.analyze import calibrate_rows
-
-    def row(contrast, est, se, p, null):
-        return {
-            "contrast": contrast,
-            "region": "lung",
-            "mean_diff_hu": est,
-            "se_hu": se,
-            "p_value": p,
-            "null_control": null,
-        }
-
-    rows = [row("a=1", -20.0, 1.0, 0.001, False), row("b=1", 0.5, 1.0, 0.6, True)]
-    cal = calibrate_rows(rows, alpha=0.05)
-    assert not cal["available"] and cal["n_rows"] == 1
-    assert rows[0]["significant"] and math.isnan(rows[0]["p_calibrated"])
-    assert not rows[1]["significant"]
+    rows = [_cohort_row("a=1", -20.0, 1.0, 0.001, False), _cohort_row("b=1", 0.5, 1.0, 0.6, True)]
+    out, cal = calibrate_rows(rows, alpha=0.05)
+    assert not cal.available and cal.n_rows == 1
+    assert out[0].significant and math.isnan(out[0].p_calibrated)
+    assert not out[1].significant
+    assert not rows[0].significant  # pure: the rows given are not changed
 
 
 def test_calibrate_rows_judges_edits_against_the_empirical_null():
-    from unveil.analysis.analyze import calibrate_rows
-
     rng = np.random.default_rng(5)
-    rows = []
-    for i in range(12):  # controls: systematic error N(4, 1^2), small sampling error
-        rows.append(
-            {
-                "contrast": f"null-{i}",
-                "region": "lung",
-                "mean_diff_hu": 4.0 + rng.normal(0.0, 1.0),
-                "se_hu": 0.2,
-                "p_value": 1e-4,  # every control shifts: raw-significant
-                "null_control": True,
-            }
-        )
-    rows.append(
-        {
-            "contrast": "x=1",
-            "region": "lung",
-            "mean_diff_hu": 4.5,
-            "se_hu": 0.2,
-            "p_value": 1e-6,
-            "null_control": False,
-        }
-    )
-    rows.append(
-        {
-            "contrast": "y=1",
-            "region": "lung",
-            "mean_diff_hu": -30.0,
-            "se_hu": 2.0,
-            "p_value": 1e-6,
-            "null_control": False,
-        }
-    )
-    cal = calibrate_rows(rows, alpha=0.05)
-    assert cal["available"] and cal["n_rows"] == 12
-    assert cal["mu_hu"] == pytest.approx(4.0, abs=0.8)
+    # controls: systematic error N(4, 1^2), small sampling error, every one raw-significant
+    rows = [
+        _cohort_row(f"null-{i}", 4.0 + rng.normal(0.0, 1.0), 0.2, 1e-4, True) for i in range(12)
+    ]
+    rows.append(_cohort_row("x=1", 4.5, 0.2, 1e-6, False))
+    rows.append(_cohort_row("y=1", -30.0, 2.0, 1e-6, False))
+    rows, cal = calibrate_rows(rows, alpha=0.05)
+    assert cal.available and cal.n_rows == 12
+    assert cal.mu_hu == pytest.approx(4.0, abs=0.8)
     x, y = rows[-2], rows[-1]
-    assert x["p_calibrated"] > 0.3 and not x["significant"]  # within the model's bias
-    assert y["p_calibrated"] < 1e-3 and y["significant"]  # far outside it
-    assert all(r["significant"] for r in rows[:12])  # controls: raw, not calibrated
-    assert all(0.0 <= r["p_calibrated"] <= 1.0 for r in rows[:12])  # leave-one-out
+    assert x.p_calibrated > 0.3 and not x.significant  # within the model's bias
+    assert y.p_calibrated < 1e-3 and y.significant  # far outside it
+    assert all(r.significant for r in rows[:12])  # controls: raw, not calibrated
+    assert all(0.0 <= r.p_calibrated <= 1.0 for r in rows[:12])  # leave-one-out
 
 
 def test_adjusted_association_removes_confounding():
-    from unveil.analysis.analyze import _observed, adjusted_association
-
     rng = np.random.default_rng(2)
     n = 200
     smoker = rng.random(n) < 0.5
@@ -572,52 +567,56 @@ def test_adjusted_association_removes_confounding():
     real = {sid: np.array([v, v + 10.0]) for sid, v in zip(ids, y, strict=True)}
     edits = [parse_run_edit("smoking=current"), parse_run_edit("age+=10")]
     base = [parse_run_edit("smoking=never")]
-    notes: list[str] = []
-    raw = _observed(
+    raw, _ = observed_rows(
         ["smoking=current"], {"smoking=current": edits[0]}, ["lung", "upper_lung"], real,
-        table, 300, 0, notes, base,
+        table, 300, 0, base,
     )  # fmt: skip
-    rows = adjusted_association(table, real, ["lung", "upper_lung"], edits, base, notes)
+    rows, _ = adjusted_association(table, real, ["lung", "upper_lung"], edits, base)
     smoke = _row(rows, "smoking=current", "lung")
-    assert raw[0]["group_b"] == "smoking=never"
-    assert raw[0]["diff_hu"] > -50.0  # confounded by age: about -60 + 20
-    assert smoke["diff_hu"] == pytest.approx(-60.0, abs=3.0)
-    assert smoke["ci_low"] < -60.0 < smoke["ci_high"]
-    assert smoke["term_a"] == "smoking[current]" and "reference" in smoke["term_b"]
-    assert smoke["n_subjects"] == n
+    assert raw[0].group_b == "smoking=never"
+    assert raw[0].diff_hu > -50.0  # confounded by age: about -60 + 20
+    assert smoke.diff_hu == pytest.approx(-60.0, abs=3.0)
+    assert smoke.ci_low < -60.0 < smoke.ci_high
+    assert smoke.term_a == "smoking[current]" and "reference" in smoke.term_b
+    assert smoke.n_subjects == n
     age10 = _row(rows, "age+=10", "lung")
-    assert age10["diff_hu"] == pytest.approx(10.0, abs=1.5) and age10["scale"] == 10.0
+    assert age10.diff_hu == pytest.approx(10.0, abs=1.5) and age10.scale == 10.0
     # same answer whatever the region's offset
-    assert _row(rows, "smoking=current", "upper_lung")["diff_hu"] == pytest.approx(smoke["diff_hu"])
+    assert _row(rows, "smoking=current", "upper_lung").diff_hu == pytest.approx(smoke.diff_hu)
     # a baseline that is not the reference level: never -> current against former
     table2 = {s: {**r, "smoking": "former" if i % 3 == 0 else r["smoking"]} for i, (s, r) in enumerate(table.items())}  # fmt: skip
-    rows2 = adjusted_association(
-        table2, real, ["lung"], edits[:1], [parse_run_edit("smoking=former")], notes
+    rows2, _ = adjusted_association(
+        table2, real, ["lung"], edits[:1], [parse_run_edit("smoking=former")]
     )
-    assert rows2[0]["term_b"] == "smoking[former]"
-    assert math.isfinite(rows2[0]["se_hu"]) and rows2[0]["se_hu"] > 0
+    assert rows2[0].term_b == "smoking[former]"
+    assert math.isfinite(rows2[0].se_hu) and rows2[0].se_hu > 0
     # an edit to the reference level without a baseline: against the other levels, not 0
     recorded = [r["blood_group"] for r in table.values() if r["blood_group"]]
     top = sorted(set(recorded), key=lambda b: (-recorded.count(b), b))[0]  # the reference
-    (blood,) = adjusted_association(table, real, ["lung"], [parse_run_edit(f"blood_group={top}")])
-    assert blood["term_b"] == "blood_group[other recorded levels, by frequency]"
-    assert abs(blood["diff_hu"]) < 3.0 and blood["se_hu"] > 0.1
-    assert blood["ci_low"] < 0.0 < blood["ci_high"]
+    (blood,), _ = adjusted_association(
+        table, real, ["lung"], [parse_run_edit(f"blood_group={top}")]
+    )
+    assert blood.term_b == "blood_group[other recorded levels, by frequency]"
+    assert abs(blood.diff_hu) < 3.0 and blood.se_hu > 0.1
+    assert blood.ci_low < 0.0 < blood.ci_high
+    # a column without variation: no row, and a caution that says why
+    flat = {sid: {**r, "site": "A"} for sid, r in table.items()}
+    none, notes = adjusted_association(flat, real, ["lung"], [parse_run_edit("site=B")])
+    assert none == [] and any("site" in n and "does not vary" in n for n in notes)
 
 
 def test_observed_compares_target_with_the_baseline_value():
-    from unveil.analysis.analyze import _observed
-
     smoking = ["never"] * 6 + ["former"] * 6 + ["current"] * 6
     real = {f"s{i}": np.array([-860.0 - 40.0 * (s == "current")]) for i, s in enumerate(smoking)}
     clinical = {f"s{i}": {"smoking": s} for i, s in enumerate(smoking)}
     edit = parse_run_edit("smoking=current")
-    args = (["smoking=current"], {"smoking=current": edit}, ["lung"], real, clinical, 200, 0, [])
-    with_base = _observed(*args, [parse_run_edit("smoking=never")])[0]
-    assert (with_base["group_b"], with_base["n_b"]) == ("smoking=never", 6)
-    assert with_base["diff_hu"] == pytest.approx(-40.0)
-    rest = _observed(*args)[0]
-    assert (rest["group_b"], rest["n_b"]) == ("smoking!=current", 12)
+    args = (["smoking=current"], {"smoking=current": edit}, ["lung"], real, clinical, 200, 0)
+    (with_base,), notes = observed_rows(*args, [parse_run_edit("smoking=never")])
+    assert (with_base.group_b, with_base.n_b) == ("smoking=never", 6)
+    assert with_base.diff_hu == pytest.approx(-40.0)
+    assert notes == []  # groups of 6 and 6: no caution
+    (rest,), _ = observed_rows(*args)
+    assert (rest.group_b, rest.n_b) == ("smoking!=current", 12)
 
 
 def test_cli_missing_json_exits_2(tmp_path, capsys):
@@ -682,8 +681,6 @@ def test_display_slices_centre_is_the_lung_centroid():
 
 
 def test_expected_shift_per_unit_and_intersection():
-    from unveil.analysis.analyze import _region_indices, expected_shift_means
-
     effects = [
         EffectSpec(attribute="age", per_unit=1.0, reference=60.0, region="lung"),
         EffectSpec(
@@ -691,7 +688,7 @@ def test_expected_shift_per_unit_and_intersection():
         ),
     ]
     regions = ["lung", "upper_lung", "lower_lung&lung_periphery", "airway"]
-    idx = _region_indices(_labels(), _affine(), DataConfig(), regions)
+    idx = region_indices(_labels(), _affine(), DataConfig(), regions)
     truth = {"age": 70.0, "diagnosis": "none"}
     got = expected_shift_means(effects, parse_run_edit("age+=10"), truth, idx)
     assert got["lung"] == pytest.approx(10.0) and got["upper_lung"] == pytest.approx(10.0)
@@ -708,8 +705,6 @@ def test_expected_shift_per_unit_and_intersection():
 
 
 def test_observed_numeric_edit_is_a_scaled_slope():
-    from unveil.analysis.analyze import _observed
-
     rng = np.random.default_rng(0)
     ages = rng.uniform(40, 80, 30)
     real = {
@@ -718,48 +713,177 @@ def test_observed_numeric_edit_is_a_scaled_slope():
     }
     clinical = {f"s{i}": {"age": a} for i, a in enumerate(ages)}
     clinical["s0"]["age"] = None  # missing values are excluded
-    notes: list[str] = []
     edit = parse_run_edit("age+=10")
-    rows = _observed(["age+=10"], {"age+=10": edit}, ["lung"], real, clinical, 300, 0, notes)
-    (row,) = rows
-    assert row["n_a"] == 29 and row["diff_hu"] == pytest.approx(10.0, abs=1.0)
-    assert row["ci_low"] < 10.0 < row["ci_high"]
-    down = _observed(
-        ["age-=10"], {"age-=10": parse_run_edit("age-=10")}, ["lung"], real, clinical, 300, 0, notes
+    (row,), _ = observed_rows(["age+=10"], {"age+=10": edit}, ["lung"], real, clinical, 300, 0)
+    assert row.n_a == 29 and row.diff_hu == pytest.approx(10.0, abs=1.0)
+    assert row.ci_low < 10.0 < row.ci_high
+    (down,), _ = observed_rows(
+        ["age-=10"], {"age-=10": parse_run_edit("age-=10")}, ["lung"], real, clinical, 300, 0
     )
-    assert down[0]["diff_hu"] == pytest.approx(-row["diff_hu"])
-    assert down[0]["ci_low"] < down[0]["ci_high"] < 0
+    assert down.diff_hu == pytest.approx(-row.diff_hu)
+    assert down.ci_low < down.ci_high < 0
 
 
 def test_generated_volume_off_the_mask_grid_is_refused(tmp_path):
-    from unveil.analysis.analyze import _read_generated
-
     path = tmp_path / "factual_s0.nii.gz"
     write_volume(Volume(np.zeros((4, 4, 4), dtype=np.float32), np.eye(4)), path)
     with pytest.raises(UnveilError, match=r"shape \(4, 4, 4\).*re-run unveil counterfactual"):
-        _read_generated(path, (8, 8, 8))
+        read_generated(path, (8, 8, 8))
 
 
 def test_training_cohort_uncertainty_keeps_a_learned_chance_association_from_significance():
     """A model applies the chance association of its training cohort (here -3 HU) to every
     held-out subject alike: tiny subject-level SE, 'significant' on that alone.  With the
     adjusted regression's SE of the same contrast added it is not; a real -60 HU shift is."""
-    from unveil.analysis.analyze import add_training_uncertainty, calibrate_rows
-
-    def row(contrast, mean, se, null):
-        return {
-            "contrast": contrast, "region": "lung", "n_subjects": 30, "mean_diff_hu": mean,
-            "se_hu": se, "p_value": 1e-9 if abs(mean) > 0 else 1.0, "null_control": null,
-        }  # fmt: skip
-
-    rows = [row("smoking=current", -60.0, 0.5, False), row("blood_group=O", -3.0, 0.2, True)]
-    adjusted = [
-        {"contrast": "smoking=current", "region": "lung", "se_hu": 8.0},
-        {"contrast": "blood_group=O", "region": "lung", "se_hu": 2.2},
+    rows = [
+        _cohort_row("smoking=current", -60.0, 0.5, 1e-9, False, n=30),
+        _cohort_row("blood_group=O", -3.0, 0.2, 1e-9, True, n=30),
     ]
-    add_training_uncertainty(rows, adjusted)
-    assert rows[1]["se_total_hu"] == pytest.approx(math.hypot(0.2, 2.2))
-    assert rows[1]["p_total"] > 0.1 and rows[0]["p_total"] < 1e-6
-    calibrate_rows(rows, alpha=0.05, min_rows=5)  # too few controls: judged on p_total
-    assert rows[0]["significant"] and not rows[1]["significant"]
-    assert rows[1]["q_value"] < 0.05  # the subject-level test alone would have called it
+    adjusted = [
+        AdjustedRow(contrast="smoking=current", region="lung", diff_hu=-60.0, se_hu=8.0),
+        AdjustedRow(contrast="blood_group=O", region="lung", diff_hu=-3.0, se_hu=2.2),
+    ]
+    rows = add_training_uncertainty(rows, adjusted)
+    assert rows[1].se_total_hu == pytest.approx(math.hypot(0.2, 2.2))
+    assert rows[1].se_train_hu == 2.2
+    assert rows[1].p_total > 0.1 and rows[0].p_total < 1e-6
+    rows, _ = calibrate_rows(rows, alpha=0.05, min_rows=5)  # too few controls: judged on p_total
+    assert rows[0].significant and not rows[1].significant
+    assert rows[1].q_value < 0.05  # the subject-level test alone would have called it
+
+
+# ------------------------------------------------------------ pure compute, no files
+
+
+def test_run_design_classifies_the_controls():
+    run = RunRecord(
+        cohort="c",
+        edits=["smoking=current", "blood_group=A"],
+        null_edits=["blood_group=O"],
+        permuted_controls=["permuted-1:blood_group"],
+        baseline=["smoking=never"],
+        seeds=[0],
+        subjects=["s"],
+    )
+    design = run_design(run, ["lung"], null_attributes=["blood_group"])
+    assert design.contrasts == [
+        "smoking=current", "blood_group=A", "blood_group=O", "permuted-1:blood_group",
+    ]  # fmt: skip
+    assert design.kinds == {
+        "smoking=current": "",
+        "blood_group=A": "effect_free",  # an edit of an attribute declared effect-free
+        "blood_group=O": "null_edit",
+        "permuted-1:blood_group": "permuted",
+    }
+    assert design.controls == design.contrasts[1:]
+    assert design.parsed["smoking=current"].column == "smoking"
+    assert "permuted-1:blood_group" not in design.parsed  # not an edit
+    assert design.baseline[0].value == "never"
+
+
+REGIONS5 = ["lung", "upper_lung", "middle_lung", "lower_lung", "airway"]
+
+
+def _synthetic(n_run=8, n_all=14, seed=3):
+    """A run's measured arrays made up: smoking=current darkens the upper zone by 40 HU in
+    every subject, the null edit and two permuted controls do nothing."""
+    rng = np.random.default_rng(seed)
+    run = RunRecord(
+        cohort="c",
+        edits=["smoking=current"],
+        null_edits=["blood_group=O"],
+        permuted_controls=["permuted-1:blood_group", "permuted-2:blood_group"],
+        seeds=[0, 1],
+        subjects=[f"s{i}" for i in range(n_run)],
+        noise="per-subject",
+        hu_window=[-1000, 500],
+    )
+    effects = [
+        EffectSpec(attribute="smoking", value="current", region="upper_lung", shift_hu=-40.0)
+    ]
+    design = run_design(run, REGIONS5, effects=effects)
+    m = Measurements.empty(len(design.contrasts), n_run, 2, len(REGIONS5))
+    m.n_voxels[:] = [300, 100, 100, 100, 20]
+    upper = -40.0 + rng.normal(0.0, 2.0, n_run)
+    zones = np.stack([upper, rng.normal(0, 0.5, n_run), rng.normal(0, 0.5, n_run)], axis=1)
+    m.edit_vals[0, :, 1:4] = zones
+    m.edit_vals[0, :, 0] = zones.mean(axis=1)
+    m.edit_vals[0, :, 4] = rng.normal(0.0, 0.5, n_run)
+    for ei in range(1, 4):
+        m.edit_vals[ei] = rng.normal(0.0, 0.3, (n_run, len(REGIONS5)))
+    m.floor_seed[:] = rng.normal(0.0, 1.0, m.floor_seed.shape)
+    m.planted[0] = 0.0
+    m.planted[0, :, 1] = -40.0
+    m.planted[0, :, 0] = -40.0 / 3.0
+    smoking = ["current" if i % 3 == 0 else "never" for i in range(n_all)]
+    clinical = {
+        f"s{i}": {"age": 50.0 + i, "smoking": smoking[i], "blood_group": "AO"[i % 2]}
+        for i in range(n_all)
+    }
+    m.real_means = {
+        f"s{i}": -860.0 + rng.normal(0, 3.0, len(REGIONS5)) - 40.0 * np.array([0, 1, 0, 0, 0])
+        * (smoking[i] == "current")
+        for i in range(n_all)
+    }  # fmt: skip
+    return design, m, clinical, run
+
+
+def test_compute_results_from_arrays_without_files():
+    design, m, clinical, run = _synthetic()
+    results = compute_results(design, m, clinical, run, AnalysisOptions(n_boot=200))
+    up = _row(results.cohort_stats, "smoking=current", "upper_lung")
+    assert (
+        isinstance(up, CohortRow)
+        and up.significant
+        and up.mean_diff_hu == pytest.approx(-40, abs=2)
+    )
+    floor = {f.region: f for f in results.noise_floor}
+    assert up.floor_sd_hu == floor["upper_lung"].floor_sd_hu and up.n_seeds == 2
+    assert not any(r.significant for r in results.cohort_stats if r.null_control)
+    assert results.calibration.available and results.calibration.n_controls == 3
+    (spec,) = [s for s in results.specificity if s.contrast == "smoking=current"]
+    assert spec.peak_region == "upper_lung" and abs(spec.spill_hu) < 1.0
+    obs = _row(results.observed, "smoking=current", "upper_lung")
+    assert obs.diff_hu == pytest.approx(-40.0, abs=5.0) and obs.group_b == "smoking!=current"
+    assert _row(results.adjusted, "smoking=current", "upper_lung").n_subjects == 14
+    rec = _row(results.recovery, "smoking=current", "upper_lung")
+    assert rec.planted_hu == -40.0 and rec.within and rec.sign_ok
+    verdict = results.verdict
+    assert verdict.recovery.passed is True and verdict.null_control_passed is True
+    assert [e.contrast for e in verdict.edits] == design.contrasts
+    assert verdict.specificity[0].startswith("smoking=current: largest in upper_lung")
+    assert results.settings.control_kinds == {c: design.kinds[c] for c in design.controls}
+    assert results.run is run
+    # pure and seeded: the same arrays give the same record, which is valid JSON
+    again = compute_results(design, m, clinical, run, AnalysisOptions(n_boot=200))
+    assert again.to_json() == results.to_json()
+    json.dumps(results.to_json(), allow_nan=False)
+
+
+def test_cohort_rows_and_noise_floor_from_arrays():
+    rng = np.random.default_rng(0)
+    edit_vals = np.stack([rng.normal(-5.0, 1.0, (10, 2)), rng.normal(0.0, 1.0, (10, 2))])
+    edit_vals[0, 3, 1] = np.nan  # a subject without the region
+    rows = cohort_rows(["a=1", "b=1"], {"b=1": "null_edit"}, ["lung", "airway"], edit_vals, 200,
+                       0, "t", 2, min_effect_hu=1.0)  # fmt: skip
+    assert [(r.contrast, r.region, r.n_subjects) for r in rows] == [
+        ("a=1", "lung", 10), ("a=1", "airway", 9), ("b=1", "lung", 10), ("b=1", "airway", 10),
+    ]  # fmt: skip
+    assert rows[0].test == "one-sample t (margin 1 HU)" and rows[2].test == "one-sample t"
+    assert rows[2].null_control and rows[2].control_kind == "null_edit"
+    floor = noise_floor_rows(["lung", "airway"], np.full((4, 2, 2), 3.0))
+    assert floor[0].floor_mean_hu == 3.0 and floor[0].floor_sd_hu == 0.0 and floor[0].mde_hu == 0.0
+    assert with_noise_floor(rows, floor)[1].floor_mean_hu == 3.0
+
+
+def test_analysis_notes_say_what_limits_the_run():
+    cal = Calibration(available=False, n_rows=1)
+    rows = [_cohort_row("a=1", 1.0, 1.0, 0.5, False, n=4)]
+    notes = analysis_notes(cal, [0.2, 0.0], (-1000, 500), rows, "wilcoxon", 0.05, False, False)
+    assert notes[0].startswith("calibration unavailable: 1 negative-control row(s)")
+    assert notes[1].startswith("10.0% of lung voxels") and "[-1000, 500]" in notes[1]
+    assert "with 4 subject(s) the two-sided signed-rank test cannot reach p < 0.05" in notes[2]
+    assert notes[3] == "the run has no null edit, so there is no negative control."
+    assert "not independent" in notes[4] and len(notes) == 5
+    ok = Calibration(available=True, n_rows=9)
+    assert analysis_notes(ok, [0.0], (-1000, 500), rows, "t", 0.05, True, True) == []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unveil.analysis import figures
+from unveil.analysis import charts, figures
 from unveil.analysis.analyze import COHORT_COLUMNS
 from unveil.analysis.report import (
     edit_field,
@@ -24,7 +24,7 @@ from unveil.analysis.report import (
 from unveil.cli import main
 from unveil.data.io import Volume, write_volume
 from unveil.errors import UnveilError
-from unveil.records import RunLayout
+from unveil.records import RunLayout, as_results
 
 SHAPE = (16, 16, 16)
 # LPS-like storage (x and y flipped) with anisotropic voxels: the report must reorient.
@@ -282,9 +282,14 @@ def make_run(
             write_volume(Volume(floor, AFFINE), layout.floor(sid, k))
             write_volume(Volume(fact - 60.0 * upper, AFFINE), layout.edited(sid, edit, k))
             write_volume(Volume(fact.copy(), AFFINE), layout.edited(sid, null, k))
+        # The difference maps unveil analyze writes (the report reads them).
+        write_volume(
+            Volume((-60.0 * upper).astype(np.float32), AFFINE), layout.map_nifti(sid, edit)
+        )
+        write_volume(Volume(np.zeros(SHAPE, np.float32), AFFINE), layout.map_nifti(sid, null))
     (root / "counterfactual.json").write_text(json.dumps(run))
     ana = layout.analysis_dir
-    ana.mkdir(parents=True)
+    ana.mkdir(parents=True, exist_ok=True)
     stored = dict(results)
     if not json_tables:
         stored = {k: results[k] for k in ("run", "settings", "verdict", "calibration", "alpha")}
@@ -429,12 +434,12 @@ def test_slice_panel_gif_and_charts_encode():
     assert len(small) < len(
         figures.slices_gif(fact, edit, edit - fact, panel_px=128, max_frames=16)
     )
-    res = _results()
-    bars = figures.region_bars(res["cohort_stats"], EDIT, res["recovery"])
+    res = as_results(_results())
+    bars = charts.region_bars(res.cohort_stats, EDIT, res.recovery)
     assert Image.open(io.BytesIO(bars)).format == "PNG"
     with pytest.raises(ValueError, match="no cohort rows"):
-        figures.region_bars(res["cohort_stats"], "age+=10")
-    assert Image.open(io.BytesIO(figures.recovery_plot(res["recovery"]))).format == "PNG"
+        charts.region_bars(res.cohort_stats, "age+=10")
+    assert Image.open(io.BytesIO(charts.recovery_plot(res.recovery))).format == "PNG"
     lungs = np.zeros(SHAPE, dtype=bool)
     lungs[4:12, 4:12, 2:14] = True
     diff = np.zeros(SHAPE, dtype=np.float32)
@@ -514,8 +519,10 @@ def test_tables_fall_back_to_csv(tmp_path):
     run_root = tmp_path / "run"
     make_run(run_root, json_tables=False)
     res = load_results(run_root)
-    assert len(res["cohort_stats"]) == 7 and res["cohort_stats"][0]["significant"] == "True"
-    assert res["adjusted"] and res["noise_floor"] and res["specificity"]
+    assert len(res.cohort_stats) == 7 and res.cohort_stats[0].significant is True
+    assert res.adjusted and res.noise_floor and res.specificity
+    assert res.recovery[0].within  # an older file: within_30pct stands in for the tolerance
+    assert res.cohort_stats == as_results(_results()).cohort_stats  # CSV reads as JSON does
     assert verdict_lines(res) == verdict_lines(_results())
     page = write_report(run_root, out_path=tmp_path / "r.html", subjects_shown=0).read_text()
     assert "upper_lung -58 HU [-64, -52]" in page
@@ -548,3 +555,38 @@ def test_cli_report(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unveil analyze" in err[0]
     assert not (empty / "report.html").exists()
+
+
+def test_report_reads_the_analysis_maps_and_the_runs_hu_window(tmp_path):
+    run_root = tmp_path / "run"
+    make_run(run_root)
+    layout = RunLayout(run_root)
+    # The volumes say -60 HU; the map analyze wrote says -10: the page shows the map.
+    lab = _label_map()
+    upper = np.isin(lab, [1, 2]) & (np.arange(16)[None, None, :] >= 10)
+    for sid in ("sub-000", "sub-001"):
+        write_volume(
+            Volume((-10.0 * upper).astype(np.float32), AFFINE), layout.map_nifti(sid, EDIT)
+        )
+    layout.map_nifti("sub-001", NULL).unlink()
+    run = json.loads(layout.json_path.read_text())
+    layout.json_path.write_text(json.dumps({**run, "hu_window": [-900, 300]}))
+    page = write_report(run_root).read_text(encoding="utf-8")
+    assert "&plusmn;10 HU" in page and "&plusmn;60 HU" not in page
+    assert "-900 to 300 HU" in page and "-1000 to 500 HU" not in page
+    assert f"The difference map of sub-001 for this edit is not in {layout.maps_dir}" in page
+    assert "run unveil analyze again to draw its slice views" in page
+    assert len(_data_parts(page, "image/gif")) == 3  # one null-control subject without a map
+
+
+def test_report_of_a_bad_results_file_is_one_sentence(tmp_path, capsys):
+    run_root = tmp_path / "run"
+    make_run(run_root)
+    path = RunLayout(run_root).results_json
+    raw = json.loads(path.read_text())
+    raw["cohort_stats"][0]["q_value"] = "small"
+    path.write_text(json.dumps(raw))
+    assert main(["report", str(run_root)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "cohort_stats[0].q_value" in line and f"run `unveil analyze {run_root}` again" in line
+    assert not (run_root / "report.html").exists()

@@ -361,7 +361,7 @@ def _fake_run(root, ids, nan_volume=None):
 
 def test_analysis_csv_quotes_ids_and_keeps_them_raw_in_json(tmp_path):
     from unveil.analysis.analyze import analyze_run
-    from unveil.analysis.report import _read_csv
+    from unveil.records import SubjectRegionRow, read_table_csv
 
     ids = ["=cmd", "@SUM(A1)", "-5", "s03"]
     run, layout = _fake_run(tmp_path, ids)
@@ -373,7 +373,8 @@ def test_analysis_csv_quotes_ids_and_keeps_them_raw_in_json(tmp_path):
     assert results["run"]["subjects"] == ids
     saved = json.loads((layout.analysis_dir / "results.json").read_text())
     assert saved["run"]["subjects"] == ids
-    assert {row["id"] for row in _read_csv(path)} == set(ids)  # the report's reader restores
+    # the records' reader restores them
+    assert {row.id for row in read_table_csv(path, SubjectRegionRow, "rerun")} == set(ids)
     # the mean differences are numbers, negative ones untouched
     frame = pd.read_csv(path)
     edit_rows = frame[(frame.contrast == "smoking=current") & (frame.region == "lung")]

@@ -1,4 +1,4 @@
-"""Figures for the report: slice panels, an animated GIF, region bar charts, recovery plot.
+"""Figures for the report: slice panels and an animated GIF (charts: :mod:`unveil.analysis.charts`).
 
 Every function returns encoded image bytes (PNG or GIF) so the report can embed them as
 ``data:`` URIs; nothing is written to disk here.
@@ -27,9 +27,8 @@ at the panel edges (R/L, A/P, S/I) say which side is which.
 from __future__ import annotations
 
 import io
-import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -272,12 +271,7 @@ def slice_panel(
         PNG bytes: grey panels with a colour bar labelled ``HU``, a diverging difference
         panel with a colour bar labelled ``HU difference``.
     """
-    vols = [np.asarray(v, dtype=np.float32) for v in (factual_hu, edited_hu, diff_hu)]
-    if not (vols[0].shape == vols[1].shape == vols[2].shape) or vols[0].ndim != 3:
-        raise ValueError(
-            f"factual, edited and diff must be 3D volumes of one shape, got "
-            f"{[v.shape for v in vols]}"
-        )
+    vols = _three_volumes(factual_hu, edited_hu, diff_hu)
     if affine is not None:
         ras = [to_ras(v, affine) for v in vols]
         vols = [r[0] for r in ras]
@@ -291,18 +285,63 @@ def slice_panel(
         diff_range = robust_diff_range(vols[2])
     diff_range = float(diff_range) if diff_range and diff_range > 0 else 1.0
     imgs = [view_slice(v, axis, index) for v in vols]
-    aspect = _view_aspect(spacing, axis)
     lo, hi = float(hu_window[0]), float(hu_window[1])
+    img_w, img_h = _panel_size(imgs[0].shape, _view_aspect(spacing, axis))
+    fig, axes, caxes = _panel_axes(img_w, img_h)
+    specs = [
+        (imgs[0], "gray", lo, hi, "HU"),
+        (imgs[1], "gray", lo, hi, "HU"),
+        (imgs[2], DIFF_CMAP, -diff_range, diff_range, "HU difference"),
+    ]
+    for ax, cax, (img, cmap, vmin, vmax, label), title in zip(
+        axes, caxes, specs, titles, strict=True
+    ):
+        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+        ax.set_title(textwrap.fill(title, width=max(14, int(img_w * 13))), fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _edge_letters(ax, axis)
+        cb = fig.colorbar(im, cax=cax)
+        cb.set_label(label, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+    fig.suptitle(
+        f"{axis} slice {index + 1}/{n}; window {lo:g} to {hi:g} HU; "
+        f"difference \u00b1{diff_range:.3g} HU",
+        fontsize=9,
+        y=1 - 0.04 / fig.get_figheight(),
+        va="top",
+    )
+    return _png(fig)
 
-    rows, cols = imgs[0].shape
-    # Panel sizes in inches from the physical shape of the slice (at most 3 in tall and
-    # 4.5 in wide), and axes placed explicitly rather than by the "constrained" solver:
-    # the shapes are known, and the solver would double the drawing time of the report.
+
+def _three_volumes(*volumes: np.ndarray) -> list[np.ndarray]:
+    """factual, edited and diff as float32, refused unless 3D volumes of one shape."""
+    vols = [np.asarray(v, dtype=np.float32) for v in volumes]
+    if not (vols[0].shape == vols[1].shape == vols[2].shape) or vols[0].ndim != 3:
+        raise ValueError(
+            f"factual, edited and diff must be 3D volumes of one shape, got "
+            f"{[v.shape for v in vols]}"
+        )
+    return vols
+
+
+def _panel_size(shape: tuple[int, int], aspect: float) -> tuple[float, float]:
+    """Width and height (inches) of one panel from the physical shape of its slice: at most
+    3 in tall and 4.5 in wide."""
+    rows, cols = shape
     img_h = 3.0
     img_w = img_h * cols / max(1e-6, rows * aspect)
     if img_w > 4.5:
         img_w, img_h = 4.5, 4.5 * rows * aspect / cols
-    img_w = max(img_w, 0.8)
+    return max(img_w, 0.8), img_h
+
+
+def _panel_axes(img_w: float, img_h: float):
+    """A figure with three image axes and their colour-bar axes side by side.
+
+    Axes are placed explicitly rather than by the "constrained" solver: the shapes are
+    known, and the solver would double the drawing time of the report.
+    """
     gap, cb_w, cb_room, margin, top_room = 0.08, 0.14, 0.75, 0.1, 0.62
     slot = img_w + gap + cb_w + cb_room
     fig_w, fig_h = margin + 3 * slot, img_h + top_room + margin
@@ -314,57 +353,34 @@ def slice_panel(
         caxes.append(
             fig.add_axes(((x0 + img_w + gap) / fig_w, margin / fig_h, cb_w / fig_w, img_h / fig_h))
         )
-    specs = [
-        (imgs[0], "gray", lo, hi, "HU"),
-        (imgs[1], "gray", lo, hi, "HU"),
-        (imgs[2], DIFF_CMAP, -diff_range, diff_range, "HU difference"),
-    ]
-    top, bottom, left, right = _VIEW_LETTERS[axis]
+    return fig, axes, caxes
+
+
+def _edge_letters(ax, view: str) -> None:
+    """The side letters of a view at the panel's edges (yellow with a black outline, legible
+    on black lungs and on a white, zero, difference panel alike)."""
     from matplotlib import patheffects
 
-    # Yellow letters with a black outline stay legible on black lungs and on a white
-    # (zero) difference panel alike.
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
-    for ax, cax, (img, cmap, vmin, vmax, label), title in zip(
-        axes, caxes, specs, titles, strict=True
-    ):
-        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
-        ax.set_title(textwrap.fill(title, width=max(14, int(img_w * 13))), fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for (x, y, ha, va), letter in zip(
-            [
-                (0.5, 0.98, "center", "top"),
-                (0.5, 0.02, "center", "bottom"),
-                (0.02, 0.5, "left", "center"),
-                (0.98, 0.5, "right", "center"),
-            ],
-            (top, bottom, left, right),
-            strict=True,
-        ):
-            ax.text(
-                x,
-                y,
-                letter,
-                transform=ax.transAxes,
-                ha=ha,
-                va=va,
-                fontsize=8,
-                color="yellow",
-                fontweight="bold",
-                path_effects=outline,
-            )
-        cb = fig.colorbar(im, cax=cax)
-        cb.set_label(label, fontsize=8)
-        cb.ax.tick_params(labelsize=7)
-    fig.suptitle(
-        f"{axis} slice {index + 1}/{n}; window {lo:g} to {hi:g} HU; "
-        f"difference \u00b1{diff_range:.3g} HU",
-        fontsize=9,
-        y=1 - 0.04 / fig_h,
-        va="top",
-    )
-    return _png(fig)
+    places = [
+        (0.5, 0.98, "center", "top"),
+        (0.5, 0.02, "center", "bottom"),
+        (0.02, 0.5, "left", "center"),
+        (0.98, 0.5, "right", "center"),
+    ]
+    for (x, y, ha, va), letter in zip(places, _VIEW_LETTERS[view], strict=True):
+        ax.text(
+            x,
+            y,
+            letter,
+            transform=ax.transAxes,
+            ha=ha,
+            va=va,
+            fontsize=8,
+            color="yellow",
+            fontweight="bold",
+            path_effects=outline,
+        )
 
 
 # --------------------------------------------------------------------------- GIF
@@ -419,14 +435,7 @@ def slices_gif(
         GIF bytes, looping forever, one frame per shown slice (at least two frames when
         the volume has more than one axial slice).
     """
-    from PIL import Image, ImageDraw
-
-    vols = [np.asarray(v, dtype=np.float32) for v in (factual_hu, edited_hu, diff_hu)]
-    if not (vols[0].shape == vols[1].shape == vols[2].shape) or vols[0].ndim != 3:
-        raise ValueError(
-            f"factual, edited and diff must be 3D volumes of one shape, got "
-            f"{[v.shape for v in vols]}"
-        )
+    vols = _three_volumes(factual_hu, edited_hu, diff_hu)
     m = None if mask is None else np.asarray(mask, dtype=bool)
     if affine is not None:
         vols = [to_ras(v, affine)[0] for v in vols]
@@ -437,66 +446,24 @@ def slices_gif(
         spacing = (1.0, 1.0, 1.0)
     if diff_range is None:
         diff_range = robust_diff_range(vols[2], m)
-    lo, hi = float(hu_window[0]), float(hu_window[1])
-
+    window = (float(hu_window[0]), float(hu_window[1]))
     nz = vols[0].shape[2]
     z0, z1 = 0, nz - 1
     if m is not None and m.any():
         zs = np.nonzero(m.any(axis=(0, 1)))[0]
         margin = max(1, (zs[-1] - zs[0]) // 10)
         z0, z1 = max(0, int(zs[0]) - margin), min(nz - 1, int(zs[-1]) + margin)
-
     # Physical size of an axial image: columns along R (x spacing), rows along A.
-    rows, cols = vols[0].shape[1], vols[0].shape[0]
-    height_mm, width_mm = rows * spacing[1], cols * spacing[0]
+    size_mm = (vols[0].shape[0] * spacing[0], vols[0].shape[1] * spacing[1])
 
     def build(px: int, frames_wanted: int) -> bytes:
-        scale = px / max(height_mm, width_mm)
-        w = max(8, int(round(width_mm * scale)))
-        h = max(8, int(round(height_mm * scale)))
-        label_h = 14
         zidx = np.unique(
             np.linspace(z0, z1, num=min(frames_wanted, z1 - z0 + 1)).round().astype(int)
         )
         if zidx.size < 2 and nz > 1:
             zidx = np.array([0, nz - 1])
-        frames = []
-        for k in zidx:
-            sl = [view_slice(v, "axial", int(k)) for v in vols]
-            rgb = [_grey_rgb(sl[0], lo, hi), _grey_rgb(sl[1], lo, hi), _diff_rgb(sl[2], diff_range)]
-            canvas = Image.new("RGB", (3 * w + 4, h + label_h), (0, 0, 0))
-            for p, arr in enumerate(rgb):
-                tile = Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR)
-                canvas.paste(tile, (p * (w + 2), label_h))
-            draw = ImageDraw.Draw(canvas)
-            draw.text((2, 1), f"factual  z {k + 1}/{nz}", fill=(255, 255, 255))
-            draw.text((w + 4, 1), "counterfactual", fill=(255, 255, 255))
-            draw.text(
-                (2 * w + 6, 1),
-                f"diff \u00b1{diff_range:.3g}".replace("\u00b1", "+/-"),
-                fill=(255, 255, 255),
-            )
-            frames.append(canvas)
-        # One shared palette (from a montage of a few frames) so colours do not flicker
-        # between frames, and no dithering so the frames compress well.
-        sample = frames[:: max(1, len(frames) // 6)]
-        montage = Image.new("RGB", (frames[0].width, frames[0].height * len(sample)))
-        for i, f in enumerate(sample):
-            montage.paste(f, (0, i * f.height))
-        palette = montage.quantize(colors=PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)
-        pal_frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
-        buf = io.BytesIO()
-        pal_frames[0].save(
-            buf,
-            format="GIF",
-            save_all=True,
-            append_images=pal_frames[1:],
-            duration=int(frame_ms),
-            loop=0,
-            disposal=1,
-            optimize=False,
-        )
-        return buf.getvalue()
+        frames = _gif_frames(vols, zidx, size_mm, px, window, diff_range)
+        return _encode_gif(frames, frame_ms)
 
     px, n_frames = int(panel_px), int(max_frames)
     data = build(px, n_frames)
@@ -506,196 +473,68 @@ def slices_gif(
     return data
 
 
+def _gif_frames(
+    vols: Sequence[np.ndarray],
+    zidx: np.ndarray,
+    size_mm: tuple[float, float],
+    px: int,
+    window: tuple[float, float],
+    diff_range: float,
+) -> list[Any]:
+    """One RGB image per axial slice of ``zidx``: three labelled panels, ``px`` on the
+    longest side of each, ``size_mm`` (width, height) the physical size of a slice."""
+    from PIL import Image, ImageDraw
+
+    width_mm, height_mm = size_mm
+    scale = px / max(height_mm, width_mm)
+    w = max(8, int(round(width_mm * scale)))
+    h = max(8, int(round(height_mm * scale)))
+    label_h, nz = 14, vols[0].shape[2]
+    lo, hi = window
+    frames = []
+    for k in zidx:
+        sl = [view_slice(v, "axial", int(k)) for v in vols]
+        rgb = [_grey_rgb(sl[0], lo, hi), _grey_rgb(sl[1], lo, hi), _diff_rgb(sl[2], diff_range)]
+        canvas = Image.new("RGB", (3 * w + 4, h + label_h), (0, 0, 0))
+        for p, arr in enumerate(rgb):
+            tile = Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR)
+            canvas.paste(tile, (p * (w + 2), label_h))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((2, 1), f"factual  z {k + 1}/{nz}", fill=(255, 255, 255))
+        draw.text((w + 4, 1), "counterfactual", fill=(255, 255, 255))
+        draw.text(
+            (2 * w + 6, 1),
+            f"diff \u00b1{diff_range:.3g}".replace("\u00b1", "+/-"),
+            fill=(255, 255, 255),
+        )
+        frames.append(canvas)
+    return frames
+
+
+def _encode_gif(frames: Sequence[Any], frame_ms: int) -> bytes:
+    """The frames as a looping GIF with one shared palette (from a montage of a few frames,
+    so colours do not flicker between frames) and no dithering (the frames compress well)."""
+    from PIL import Image
+
+    sample = frames[:: max(1, len(frames) // 6)]
+    montage = Image.new("RGB", (frames[0].width, frames[0].height * len(sample)))
+    for i, f in enumerate(sample):
+        montage.paste(f, (0, i * f.height))
+    palette = montage.quantize(colors=PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)
+    pal_frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+    buf = io.BytesIO()
+    pal_frames[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=pal_frames[1:],
+        duration=int(frame_ms),
+        loop=0,
+        disposal=1,
+        optimize=False,
+    )
+    return buf.getvalue()
+
+
 def _ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return to_ras(np.zeros((1, 1, 1), dtype=np.uint8), affine)[1]
-
-
-# --------------------------------------------------------------------------- charts
-
-
-def _f(v: Any) -> float:
-    """A float from a JSON/CSV cell; NaN for empty or missing."""
-    if v is None:
-        return math.nan
-    if isinstance(v, bool):
-        return float(v)
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _truthy(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("true", "1", "yes")
-    return bool(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else False
-
-
-def decisive_q(row: Mapping[str, Any]) -> tuple[float, bool]:
-    """The q-value that decided a cohort row's ``significant``, and whether it is calibrated.
-
-    A real edit is judged on its calibrated q when the analysis could calibrate (the cell
-    is filled), else on the raw q; a negative control always on its raw q (its calibrated
-    q is leave-one-out, for display only).
-    """
-    if not _truthy(row.get("null_control")):
-        qc = _f(row.get("q_calibrated"))
-        if math.isfinite(qc):
-            return qc, True
-    return _f(row.get("q_value")), False
-
-
-def region_order(regions: Sequence[str]) -> list[str]:
-    """Regions in the vocabulary order of :data:`unveil.data.regions.REGIONS`, others after."""
-    from unveil.data.regions import REGIONS
-
-    known = [r for r in REGIONS if r in regions]
-    rest = [r for r in dict.fromkeys(regions) if r not in REGIONS]
-    return known + rest
-
-
-def region_bars(
-    cohort_rows: Sequence[Mapping[str, Any]],
-    contrast: str,
-    recovery_rows: Sequence[Mapping[str, Any]] | None = None,
-) -> bytes:
-    """Mean difference per region with 95% CI, noise floor band and planted markers (PNG).
-
-    Args:
-        cohort_rows: rows of ``cohort_stats`` (keys ``contrast, region, mean_diff_hu,
-            ci_low, ci_high, floor_mean_hu, floor_sd_hu, q_value, significant``).
-        contrast: the edit whose rows are drawn.
-        recovery_rows: optional ``recovery`` rows (``contrast, region, planted_hu``); the
-            planted value of each region is drawn as a black diamond.
-
-    Returns:
-        PNG bytes: one horizontal bar per region (significant regions in a strong colour
-        and starred with the q that decided it, :func:`decisive_q`), the noise floor (mean
-        +/- SD across subjects) as a grey band behind each bar for scale (the tests are
-        against zero, not against it), a vertical line at 0 HU.
-    """
-    rows = [r for r in cohort_rows if str(r.get("contrast")) == contrast]
-    if not rows:
-        raise ValueError(f"no cohort rows for contrast {contrast!r}")
-    by_region = {str(r["region"]): r for r in rows}
-    regions = region_order(list(by_region))
-    planted = {
-        str(r["region"]): _f(r.get("planted_hu"))
-        for r in (recovery_rows or ())
-        if str(r.get("contrast")) == contrast
-    }
-
-    n = len(regions)
-    fig = _new_figure(7.0, 1.2 + 0.38 * n)
-    ax = fig.subplots()
-    ys = np.arange(n)[::-1]  # first region at the top
-    means = np.array([_f(by_region[g].get("mean_diff_hu")) for g in regions])
-    lo = np.array([_f(by_region[g].get("ci_low")) for g in regions])
-    hi = np.array([_f(by_region[g].get("ci_high")) for g in regions])
-    lo = np.where(np.isfinite(lo), lo, means)
-    hi = np.where(np.isfinite(hi), hi, means)
-    sig = [_truthy(by_region[g].get("significant")) for g in regions]
-    fm = np.array([_f(by_region[g].get("floor_mean_hu")) for g in regions])
-    fs = np.array([_f(by_region[g].get("floor_sd_hu")) for g in regions])
-
-    for y, m_, s_ in zip(ys, fm, fs, strict=True):
-        if np.isfinite(m_) and np.isfinite(s_):
-            ax.barh(y, 2 * s_, left=m_ - s_, height=0.86, color="0.85", zorder=0)
-    colours = ["#b2182b" if s else "#9ecae1" for s in sig]
-    safe_means = np.nan_to_num(means)
-    ax.barh(ys, safe_means, height=0.55, color=colours, zorder=2)
-    err = np.vstack([np.clip(safe_means - lo, 0, None), np.clip(hi - safe_means, 0, None)])
-    err = np.nan_to_num(err)
-    ax.errorbar(safe_means, ys, xerr=err, fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
-    has_planted = False
-    for y, g in zip(ys, regions, strict=True):
-        p = planted.get(g, math.nan)
-        if np.isfinite(p):
-            ax.plot([p], [y], marker="D", color="black", markersize=5, zorder=4, ls="none")
-            has_planted = True
-    span = np.nanmax(np.abs(np.concatenate([lo, hi, safe_means, fm - fs, fm + fs, [1.0]])))
-    for y, g, s, h in zip(ys, regions, sig, hi, strict=True):
-        if s:
-            q, cal = decisive_q(by_region[g])
-            label = f"* {'cal. ' if cal else ''}q{_fmt_q(q)}"
-            ax.text(max(h, 0) + 0.03 * span, y, label, va="center", fontsize=8)
-    ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_yticks(ys)
-    ax.set_yticklabels(regions, fontsize=9)
-    ax.set_xlabel("mean difference, counterfactual \u2212 factual (HU), 95% CI")
-    ax.set_xlim(-1.25 * span, 1.35 * span)
-    ax.set_title(contrast, fontsize=10)
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    handles = [
-        Patch(color="#b2182b", label="significant"),
-        Patch(color="#9ecae1", label="not significant"),
-        Patch(color="0.85", label="noise floor (mean \u00b1 SD)"),
-    ]
-    if has_planted:
-        handles.append(Line2D([], [], marker="D", color="black", ls="none", label="planted"))
-    # Below the axes, so the legend never hides a bar.
-    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=len(handles))
-    return _png(fig)
-
-
-def recovery_plot(recovery_rows: Sequence[Mapping[str, Any]], tolerance: float = 0.30) -> bytes:
-    """Planted against recovered HU with 95% CIs, the identity line and a tolerance band (PNG).
-
-    Args:
-        recovery_rows: rows with ``contrast, region, planted_hu, recovered_hu, ci_low,
-            ci_high``; one point per row, one colour per contrast.
-        tolerance: half-width of the grey band, as a fraction of the planted shift.
-    """
-    rows = [r for r in recovery_rows if np.isfinite(_f(r.get("planted_hu")))]
-    if not rows:
-        raise ValueError("no recovery rows with a planted value")
-    fig = _new_figure(5.2, 4.6)
-    ax = fig.subplots()
-    x = np.array([_f(r.get("planted_hu")) for r in rows])
-    y = np.array([_f(r.get("recovered_hu")) for r in rows])
-    lo = np.array([_f(r.get("ci_low")) for r in rows])
-    hi = np.array([_f(r.get("ci_high")) for r in rows])
-    lo = np.where(np.isfinite(lo), lo, y)
-    hi = np.where(np.isfinite(hi), hi, y)
-    span = float(np.nanmax(np.abs(np.concatenate([x, y, lo, hi, [1.0]])))) * 1.15
-    line = np.array([-span, span])
-    ax.fill_between(
-        line,
-        (1 - tolerance) * line,
-        (1 + tolerance) * line,
-        color="0.9",
-        label=f"\u00b1{100 * tolerance:.0f}% of planted",
-    )
-    ax.plot(line, line, color="black", lw=0.8, label="recovered = planted")
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    contrasts = list(dict.fromkeys(str(r.get("contrast")) for r in rows))
-    for ci, c in enumerate(contrasts):
-        sel = np.array([str(r.get("contrast")) == c for r in rows])
-        yy = np.nan_to_num(y[sel])
-        err = np.nan_to_num(
-            np.vstack([np.clip(yy - lo[sel], 0, None), np.clip(hi[sel] - yy, 0, None)])
-        )
-        ax.errorbar(x[sel], yy, yerr=err, fmt="o", ms=4, capsize=2, color=cmap(ci % 10), label=c)
-    ax.set_xlim(-span, span)
-    ax.set_ylim(-span, span)
-    ax.set_aspect("equal")
-    ax.axhline(0, color="0.6", lw=0.5)
-    ax.axvline(0, color="0.6", lw=0.5)
-    ax.set_xlabel("planted shift (HU)")
-    ax.set_ylabel("recovered mean difference (HU), 95% CI")
-    ax.set_title("planted vs recovered, one point per edit and region", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    return _png(fig)
-
-
-def _fmt_q(q: float) -> str:
-    """``<0.001``, ``=0.012``, ``=0.43`` (to follow a ``q``)."""
-    if not np.isfinite(q):
-        return "=n/a"
-    if q < 0.001:
-        return "<0.001"
-    return f"={q:.2g}" if q < 0.1 else f"={q:.2f}"

@@ -83,48 +83,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unveil.analysis.analyze import analyze_run, format_table
+    from unveil.analysis.analyze import analyze, format_table
+    from unveil.analysis.inputs import AnalysisOptions
     from unveil.records import RunLayout
 
-    results = analyze_run(
-        args.run,
+    options = AnalysisOptions(
         n_boot=args.n_boot,
         alpha=args.alpha,
         seed=args.seed,
         test=args.test,
         map_limit_hu=args.map_limit,
-        progress=True,
         min_effect_hu=args.min_effect,
         recovery_tolerance=args.tolerance,
         spill_limit_hu=args.spill_limit,
     )
-    shown = dict(results)
+    results = analyze(args.run, options, progress=True)
+    shown = results
     if not args.all_rows:
         # Every significant row, plus every row of the null edits (the negative control is
         # worth seeing even when, as it should, it shows nothing).
-        shown["cohort_stats"] = [
-            r for r in results["cohort_stats"] if r["significant"] or r["null_control"]
-        ]
+        rows = [r for r in results.cohort_stats if r.significant or r.null_control]
+        shown = results.model_copy(update={"cohort_stats": rows})
     print(format_table(shown))
-    verdict = results["verdict"]
-    for v in verdict["edits"]:
-        print(f"{v['contrast']}: {v['summary']}")
-    cal = results.get("calibration") or {}
-    if cal.get("available"):
+    verdict = results.verdict
+    for v in verdict.edits:
+        print(f"{v.contrast}: {v.summary}")
+    cal = results.calibration
+    if cal is not None and cal.available:
         print(
-            f"empirical null from {cal['n_rows']} control row(s): systematic error "
-            f"{cal['mu_hu']:+.2f} HU, spread {cal['tau_hu']:.2f} HU"
+            f"empirical null from {cal.n_rows} control row(s): systematic error "
+            f"{cal.mu_hu:+.2f} HU, spread {cal.tau_hu:.2f} HU"
         )
-    for line in verdict.get("specificity") or []:
+    for line in verdict.specificity:
         print(f"specificity: {line}")
-    rec = verdict.get("recovery")
-    if rec and rec["passed"] is not None:
-        bad = [c for c in rec["checked"] if not c["ok"]]
-        word = "passed" if rec["passed"] else "FAILED"
+    rec = verdict.recovery
+    if rec is not None and rec.passed is not None:
+        bad = [c for c in rec.checked if not c.ok]
+        word = "passed" if rec.passed else "FAILED"
         print(
-            f"planted-effect recovery {word} ({len(rec['checked']) - len(bad)}/{len(rec['checked'])} checks)"
+            f"planted-effect recovery {word} ({len(rec.checked) - len(bad)}/{len(rec.checked)} checks)"
         )
-    for note in verdict["notes"]:
+    for note in verdict.notes:
         print(f"note: {note}")
     print(f"wrote {RunLayout(args.run).analysis_dir}")
     return 0

@@ -40,7 +40,6 @@ generated volume is checked for NaN/inf before it is written (:func:`check_finit
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -52,6 +51,7 @@ import torch
 
 from unveil.conditioning import TextCondition
 from unveil.errors import UnveilError
+from unveil.records import PLAN_JSON  # noqa: F401  (the plan's file name, defined with the run layout)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ NOISE_RULE = "per-subject"
 NOISE_STREAMS = {"pair": 0, "floor": 1}
 #: Default number of permuted-label controls per null-edit field.
 PERMUTED_CONTROLS = 2
-#: The parameters of a run, written before its first volume (resuming compares against it).
-PLAN_JSON = "counterfactual.plan.json"
 #: Largest accepted classifier-free guidance scale.  Useful scales are about 1 to 15 (the
 #: config default is 1); far above that the guided prediction is dominated by the amplified
 #: conditional-minus-unconditional difference, samples saturate at the HU window and, at
@@ -374,14 +372,6 @@ def _cohort_fingerprint(cohort, subjects: list[str]) -> str:
     return h.hexdigest()
 
 
-def _read_plan(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def run_counterfactual(
     checkpoint: str | Path,
     cohort_root: str | Path,
@@ -411,14 +401,21 @@ def run_counterfactual(
 
     from unveil.data.cohort import Cohort
     from unveil.data.io import write_volume
-    from unveil.fs import write_json
-    from unveil.records import RUN_JSON, RunLayout, edit_slug
+    from unveil.records import (
+        FileIdentity,
+        RunLayout,
+        RunPlan,
+        RunRecord,
+        edit_slug,
+        read_run_plan,
+        write_run_plan,
+        write_run_record,
+    )
     from unveil.text.edits import apply_edits, parse_edit
     from unveil.train.distributed import barrier, init_distributed, shutdown
 
     out = Path(out)
     layout = RunLayout(out)
-    plan_path = out / PLAN_JSON
     if not edits and not null_edits:
         raise UnveilError("give at least one --edit (for example --edit smoking=current).")
     if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
@@ -461,56 +458,53 @@ def run_counterfactual(
         )
         seed_list = [0] if from_scan else list(range(int(seeds)))
         # The final record, known before the first volume; written last.
-        record: dict[str, Any] = {
-            "checkpoint": str(Path(gen.lm.path).resolve()),
-            "cohort": str(Path(cohort_root).resolve()),
-            "family": gen.cfg.model.family,
-            "edits": [str(parsed[e]) for e in edits],
-            "null_edits": [str(parsed[e]) for e in null_edits],
-            "baseline": [str(b) for b in base],
-            "permuted_controls": list(perms),
-            "seeds": seed_list,
-            "noise": NOISE_RULE,
-            "subjects": subjects,
-            "from_scan": bool(from_scan),
-            "guidance_scale": guidance_scale
+        record = RunRecord(
+            checkpoint=str(Path(gen.lm.path).resolve()),
+            cohort=str(Path(cohort_root).resolve()),
+            family=gen.cfg.model.family,
+            edits=[str(parsed[e]) for e in edits],
+            null_edits=[str(parsed[e]) for e in null_edits],
+            baseline=[str(b) for b in base],
+            permuted_controls=list(perms),
+            seeds=seed_list,
+            noise=NOISE_RULE,
+            subjects=subjects,
+            from_scan=bool(from_scan),
+            guidance_scale=guidance_scale
             if guidance_scale is not None
             else gen.cfg.diffusion.guidance_scale,
-            "steps": gen.effective_steps,
-            "hu_window": list(gen.cfg.preprocess.hu_window),
-            "amp": amp,
-            "config": gen.cfg.to_dict(),
-        }
+            steps=gen.effective_steps,
+            hu_window=tuple(gen.cfg.preprocess.hu_window),
+            amp=amp,
+            config=gen.cfg.to_dict(),
+        )
         # What the volumes depend on: a rerun with the same plan may keep them.
-        plan: dict[str, Any] = {
-            "checkpoint": {**_file_identity(gen.lm.path), "step": gen.lm.step},
-            "cohort": record["cohort"],
-            "cohort_files": _cohort_fingerprint(cohort, subjects),
-            "family": record["family"],
-            "edits": record["edits"],
-            "null_edits": record["null_edits"],
-            "baseline": record["baseline"],
-            "permuted_controls": record["permuted_controls"],
-            "seeds": seed_list,
-            "noise": NOISE_RULE,
-            "subjects": subjects,
-            "from_scan": bool(from_scan),
-            "guidance_scale": gen.effective_guidance_scale,
-            "steps": gen.effective_steps,
-            "amp": amp,
-        }
-        plan = json.loads(json.dumps(plan))  # as it reads back from disk
+        plan = RunPlan(
+            checkpoint=FileIdentity(**_file_identity(gen.lm.path), step=gen.lm.step),
+            cohort=record.cohort,
+            cohort_files=_cohort_fingerprint(cohort, subjects),
+            family=record.family,
+            edits=record.edits,
+            null_edits=record.null_edits,
+            baseline=record.baseline,
+            permuted_controls=record.permuted_controls,
+            seeds=seed_list,
+            noise=NOISE_RULE,
+            subjects=subjects,
+            from_scan=bool(from_scan),
+            guidance_scale=gen.effective_guidance_scale,
+            steps=gen.effective_steps,
+            amp=amp,
+        )
         resume = False
-        if plan_path.exists() and not overwrite:
-            old = _read_plan(plan_path)
+        if layout.plan_path.exists() and not overwrite:
+            old = read_run_plan(layout.plan_path)
             if old is None:
                 raise UnveilError(
-                    f"{plan_path} is unreadable, so the interrupted run in {out} cannot be "
+                    f"{layout.plan_path} is unreadable, so the interrupted run in {out} cannot be "
                     "resumed; choose another --out or pass --overwrite to start it again."
                 )
-            differ = [k for k in dict.fromkeys([*plan, *old]) if plan.get(k) != old.get(k)]
-            if "subjects" in differ:  # other subjects have other files: say it once
-                differ = [k for k in differ if k != "cohort_files"]
+            differ = plan.differences(old)
             if differ:
                 raise UnveilError(
                     f"{out} holds an interrupted counterfactual run made with other parameters "
@@ -527,7 +521,7 @@ def run_counterfactual(
             layout.json_path.unlink(missing_ok=True)
             for path in every:
                 path.unlink(missing_ok=True)
-            write_json(plan_path, plan)
+            write_run_plan(layout.plan_path, plan)
         barrier(info)
 
         mine = subjects[info.rank :: info.world_size]  # subjects sharded over ranks
@@ -602,7 +596,7 @@ def run_counterfactual(
                     f"{missing[0]} and {len(missing) - 1} other volume(s) of the run in {out} are "
                     "missing after generation; re-run the same command to generate them."
                 )
-            write_json(out / RUN_JSON, record)  # last: its presence marks a complete run
+            write_run_record(layout.json_path, record)  # last: its presence marks a complete run
         return out
     finally:
         shutdown(info)
