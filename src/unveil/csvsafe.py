@@ -19,8 +19,8 @@ What is changed, and what is not:
   ``restore_cell(neutralise_cell(v)) == v`` for every value.
 
 The readers inside unveil restore: :func:`unveil.data.table.read_clinical_table` (the
-``clinical.csv`` and ``truth.csv`` of a planted cohort), the report's CSV fallback
-(:mod:`unveil.analysis.report`) and ``unveil compare`` (``recovery.csv``).  Any other
+``clinical.csv`` and ``truth.csv`` of a planted cohort), the analysis records' CSV reader
+(:func:`unveil.records.read_table_csv`) and ``unveil compare`` (``recovery.csv``).  Any other
 program reading these files should apply the same rule (drop one leading ``'`` when the
 rest, stripped of leading quotes, begins with ``= + - @``, tab or carriage return and is
 not a plain number).
