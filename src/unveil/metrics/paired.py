@@ -136,10 +136,25 @@ def paired_fidelity(
 
     real_c = np.clip(real, lo, hi)
     fake_c = np.clip(fake, lo, hi)
+    width = hi - lo
+    out = _error_figures(real_c, fake_c, lung, outside, width)
+    real01 = (real_c - lo) / width
+    fake01 = (fake_c - lo) / width
+    out.update(_ssim_figures(real01, fake01, lung, outside, ssim_kernel, ssim_sigma))
+    ms, reason = _ms_ssim(real01, fake01, ms_ssim_kernel, ms_ssim_scales, ssim_sigma)
+    out["ms_ssim"] = ms
+    out["ms_ssim_reason"] = reason
+    out["n_lung"] = int(lung.sum())
+    out["n_outside"] = int(outside.sum())
+    return out
+
+
+def _error_figures(
+    real_c: np.ndarray, fake_c: np.ndarray, lung: np.ndarray, outside: np.ndarray, width: float
+) -> dict[str, float | int | str | None]:
+    """MAE (HU) and PSNR (dB) of the window-clipped volumes: whole, lung and outside."""
     abs_err = np.abs(fake_c - real_c)
     sq_err = abs_err**2
-    width = hi - lo
-
     out: dict[str, float | int | str | None] = {}
     # MONAI's MAEMetric / PSNRMetric have no mask argument; the region figures need one,
     # and a mean of |error| or error^2 over a boolean mask is a single numpy line.
@@ -149,11 +164,21 @@ def paired_fidelity(
     out["psnr"] = _psnr(float(sq_err.mean()), width)
     out["psnr_lung"] = _psnr(_masked_mean(sq_err, lung), width)
     out["psnr_outside"] = _psnr(_masked_mean(sq_err, outside), width)
+    return out
 
-    real01 = (real_c - lo) / width
-    fake01 = (fake_c - lo) / width
+
+def _ssim_figures(
+    real01: np.ndarray,
+    fake01: np.ndarray,
+    lung: np.ndarray,
+    outside: np.ndarray,
+    ssim_kernel: int,
+    ssim_sigma: float,
+) -> dict[str, float | int | str | None]:
+    """SSIM (whole, lung, outside; ``None`` below a 3-voxel window) and the kernel used."""
+    out: dict[str, float | int | str | None] = {}
     # Odd, so the map voxel i is centred on volume voxel i + (k - 1) / 2 exactly.
-    k = _largest_odd(min(int(ssim_kernel), min(real.shape)))
+    k = _largest_odd(min(int(ssim_kernel), min(real01.shape)))
     if k < 3:
         out.update(ssim=None, ssim_lung=None, ssim_outside=None)
     else:
@@ -164,12 +189,6 @@ def paired_fidelity(
         out["ssim_lung"] = _masked_mean(ssim_map, lung[inner])
         out["ssim_outside"] = _masked_mean(ssim_map, outside[inner])
     out["ssim_kernel"] = k
-
-    ms, reason = _ms_ssim(real01, fake01, ms_ssim_kernel, ms_ssim_scales, ssim_sigma)
-    out["ms_ssim"] = ms
-    out["ms_ssim_reason"] = reason
-    out["n_lung"] = int(lung.sum())
-    out["n_outside"] = int(outside.sum())
     return out
 
 

@@ -41,9 +41,14 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
 from unveil.conditioning import TextCondition
-from unveil.nn.fusion import fusion_spec, make_fusion, pooled_or_null
+from unveil.nn.fusion import FusionSpec, fusion_spec, make_fusion, pooled_or_null
 
 FUSION_LEVELS: tuple[str, ...] = ("bottleneck", "decoder", "encoder")
+
+# Builders a level is given: the ``unit`` fusion at (where, width), and the ``norm``
+# fusion's block modulation at where (a function of the block width), either None.
+_FuseFactory = Callable[[str, int], "nn.Module | None"]
+_TextBlockFactory = Callable[[str], "Callable[[int], nn.Module] | None"]
 
 
 class ResBlock(nn.Module):
@@ -236,15 +241,37 @@ class ConditionalUNet(nn.Module):
         self.out_activation = out_activation
         self.downsample_factor = 2 ** (len(channels) - 1)
 
-        unit = spec.placement == "unit"
-        norm = spec.placement == "norm"
-
-        def fuse(where: str, width: int) -> nn.Module | None:
-            if not unit or where not in self.fusion_levels:
-                return None
-            return make_fusion(fusion, width, cond_dim, heads)
-
+        # Submodules are built (and so drawn from the global RNG) and registered in the
+        # order of the checkpoints written before this constructor was split.
+        self._build_time_and_text(spec, channels[0], cond_dim, with_time)
+        fuse, text_block = self._level_factories(spec, cond_dim, heads)
         c0 = channels[0]
+        self.in_conv = nn.Conv3d(self.x_channels + mask_channels, c0, kernel_size=3, padding=1)
+        self._build_encoder(channels, res_blocks, norm_groups, fuse, text_block)
+        cb = channels[-1]
+        self.mid_in = ResBlock(cb, cb, norm_groups, self.time_dim, text_block("bottleneck"))
+        self.mid_fusion = fuse("bottleneck", cb)
+        self.mid_out = ResBlock(cb, cb, norm_groups, self.time_dim, text_block("bottleneck"))
+        self._build_decoder(channels, res_blocks, norm_groups, fuse, text_block)
+
+        self.out_norm = nn.GroupNorm(norm_groups, c0)
+        self.out_conv = nn.Conv3d(c0, out_channels, kernel_size=3, padding=1)
+
+        self.effect_head = (
+            RegionalEffectHead(
+                cond_dim, mask_channels, height_channel, effect_knots, out_channels, depth_channel
+            )
+            if effect_knots
+            else None
+        )
+
+    # ------------------------------------------------------------------ build
+
+    def _build_time_and_text(
+        self, spec: FusionSpec, c0: int, cond_dim: int, with_time: bool
+    ) -> None:
+        """Build the time MLP (diffusion) and the pooled-text embedding of a ``norm`` fusion."""
+        norm = spec.placement == "norm"
         self.time_dim = 4 * c0 if with_time else None
         self.time_mlp = (
             nn.Sequential(nn.Linear(c0, 4 * c0), nn.SiLU(), nn.Linear(4 * c0, 4 * c0))
@@ -262,17 +289,37 @@ class ConditionalUNet(nn.Module):
         # degenerate embedding (same reason as the fusion units' null vectors).
         self.text_null = nn.Parameter(torch.randn(cond_dim) * 0.02) if norm else None
 
+    def _level_factories(
+        self, spec: FusionSpec, cond_dim: int, heads: int
+    ) -> tuple[_FuseFactory, _TextBlockFactory]:
+        """``(fuse, text_block)``: the ``unit`` fusion and the ``norm`` block builder of a level."""
+        unit = spec.placement == "unit"
+        norm = spec.placement == "norm"
+
+        def fuse(where: str, width: int) -> nn.Module | None:
+            if not unit or where not in self.fusion_levels:
+                return None
+            return make_fusion(self.fusion_kind, width, cond_dim, heads)
+
         def text_block(where: str) -> Callable[[int], nn.Module] | None:
             if not norm or where not in self.fusion_levels:
                 return None
             return lambda width: spec.build_block(self.text_dim, width)
 
-        self.in_conv = nn.Conv3d(self.x_channels + mask_channels, c0, kernel_size=3, padding=1)
+        return fuse, text_block
 
-        n = len(channels)
+    def _build_encoder(
+        self,
+        channels: tuple[int, ...],
+        res_blocks: int,
+        norm_groups: int,
+        fuse: _FuseFactory,
+        text_block: _TextBlockFactory,
+    ) -> None:
+        """Build the encoder levels, each followed by its strided downsampling convolution."""
         self.encoder = nn.ModuleList()
         self.down = nn.ModuleList()
-        for i in range(n - 1):
+        for i in range(len(channels) - 1):
             self.encoder.append(
                 _Level(
                     channels[i],
@@ -286,14 +333,18 @@ class ConditionalUNet(nn.Module):
             )
             self.down.append(nn.Conv3d(channels[i], channels[i + 1], 3, stride=2, padding=1))
 
-        cb = channels[-1]
-        self.mid_in = ResBlock(cb, cb, norm_groups, self.time_dim, text_block("bottleneck"))
-        self.mid_fusion = fuse("bottleneck", cb)
-        self.mid_out = ResBlock(cb, cb, norm_groups, self.time_dim, text_block("bottleneck"))
-
+    def _build_decoder(
+        self,
+        channels: tuple[int, ...],
+        res_blocks: int,
+        norm_groups: int,
+        fuse: _FuseFactory,
+        text_block: _TextBlockFactory,
+    ) -> None:
+        """Build the decoder: per level, deepest first, an upsampling then a level on the skip."""
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
-        for i in reversed(range(n - 1)):
+        for i in reversed(range(len(channels) - 1)):
             self.up.append(nn.ConvTranspose3d(channels[i + 1], channels[i], 2, stride=2))
             self.decoder.append(
                 _Level(
@@ -306,17 +357,6 @@ class ConditionalUNet(nn.Module):
                     text_block("decoder"),
                 )
             )
-
-        self.out_norm = nn.GroupNorm(norm_groups, c0)
-        self.out_conv = nn.Conv3d(c0, out_channels, kernel_size=3, padding=1)
-
-        self.effect_head = (
-            RegionalEffectHead(
-                cond_dim, mask_channels, height_channel, effect_knots, out_channels, depth_channel
-            )
-            if effect_knots
-            else None
-        )
 
     # ------------------------------------------------------------------ init
 

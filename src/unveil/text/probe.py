@@ -189,57 +189,19 @@ def probe_field(
         )
     prompts = [template.render(r) for r in rows]
 
+    # The pair groups draw from ``rng`` in this order.
     # same prompt: render again, so the check covers rendering as well as encoding.
     order = rng.permutation(len(rows))[:n_pairs]
     same_prompt = [(prompts[i], template.render(rows[i])) for i in order]
+    same_text, n_texts = _same_text_pairs(prompts, n_pairs, rng)
+    differ, unchanged = _field_edit_pairs(
+        template, rows, prompts, spec.column, values, n_pairs, rng
+    )
+    different = _different_row_pairs(prompts, n_texts, n_pairs, rng)
 
-    # same text, other rows: rows grouped by their sentence.
-    by_text: dict[str, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_text.setdefault(p, []).append(i)
-    same_text = [(p, p) for p, idx in by_text.items() for _ in idx[1:]]
-    if len(same_text) > n_pairs:
-        same_text = [same_text[k] for k in rng.permutation(len(same_text))[:n_pairs]]
-
-    # differ in FIELD: sample (row, value) combinations without replacement.
-    differ: list[tuple[str, str]] = []
-    unchanged = 0
-    for k in rng.permutation(len(rows) * len(values)):
-        if len(differ) >= n_pairs:
-            break
-        i, v = divmod(int(k), len(values))
-        edited = dict(rows[i])
-        edited[spec.column] = values[v]
-        text = template.render(edited)
-        if text == prompts[i]:
-            unchanged += 1
-        else:
-            differ.append((prompts[i], text))
-
-    # different rows: random pairs of rows whose sentences differ.
-    different: list[tuple[str, str]] = []
-    if len(by_text) > 1:
-        for _ in range(20 * n_pairs):
-            if len(different) >= n_pairs:
-                break
-            i, j = rng.choice(len(rows), size=2, replace=False)
-            if prompts[i] != prompts[j]:
-                different.append((prompts[i], prompts[j]))
-
-    groups = [same_prompt, same_text, differ, different]
-    flat = [t for g in groups for pair in g for t in pair]
-    pooled = []
-    for start in range(0, len(flat), batch_size):
-        pooled.append(encoder.encode(flat[start : start + batch_size]).pooled.detach().cpu())
-    pooled_all = torch.cat(pooled) if pooled else torch.zeros(0, encoder.pooled_width)
-
-    stats = []
-    offset = 0
     names = ["same prompt", "same text, other rows", f"differ in {field}", "different rows"]
-    for name, group in zip(names, groups, strict=True):
-        block = pooled_all[offset : offset + 2 * len(group)]
-        offset += 2 * len(group)
-        stats.append(GroupStats.of(name, block[0::2], block[1::2]))
+    groups = [same_prompt, same_text, differ, different]
+    stats = _group_stats(encoder, names, groups, batch_size)
     field_stats, rows_stats = stats[2], stats[3]
     separation = (
         field_stats.dist_mean / rows_stats.dist_mean
@@ -256,3 +218,84 @@ def probe_field(
         separation=separation,
         unchanged_edits=unchanged,
     )
+
+
+def _same_text_pairs(
+    prompts: list[str], n_pairs: int, rng: np.random.Generator
+) -> tuple[list[tuple[str, str]], int]:
+    """``(pairs of distinct rows that render to the same sentence, number of distinct sentences)``.
+
+    At most ``n_pairs``, drawn at random when there are more.
+    """
+    by_text: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_text.setdefault(p, []).append(i)
+    same_text = [(p, p) for p, idx in by_text.items() for _ in idx[1:]]
+    if len(same_text) > n_pairs:
+        same_text = [same_text[k] for k in rng.permutation(len(same_text))[:n_pairs]]
+    return same_text, len(by_text)
+
+
+def _field_edit_pairs(
+    template: _Template,
+    rows: list[dict[str, Any]],
+    prompts: list[str],
+    column: str,
+    values: list[Any],
+    n_pairs: int,
+    rng: np.random.Generator,
+) -> tuple[list[tuple[str, str]], int]:
+    """``(pairs (prompt, prompt with column set to another value), edits that changed nothing)``.
+
+    (row, value) combinations are sampled without replacement until ``n_pairs`` pairs differ.
+    """
+    differ: list[tuple[str, str]] = []
+    unchanged = 0
+    for k in rng.permutation(len(rows) * len(values)):
+        if len(differ) >= n_pairs:
+            break
+        i, v = divmod(int(k), len(values))
+        edited = dict(rows[i])
+        edited[column] = values[v]
+        text = template.render(edited)
+        if text == prompts[i]:
+            unchanged += 1
+        else:
+            differ.append((prompts[i], text))
+    return differ, unchanged
+
+
+def _different_row_pairs(
+    prompts: list[str], n_texts: int, n_pairs: int, rng: np.random.Generator
+) -> list[tuple[str, str]]:
+    """Up to ``n_pairs`` random pairs of rows whose sentences differ (none with one sentence)."""
+    different: list[tuple[str, str]] = []
+    if n_texts > 1:
+        for _ in range(20 * n_pairs):
+            if len(different) >= n_pairs:
+                break
+            i, j = rng.choice(len(prompts), size=2, replace=False)
+            if prompts[i] != prompts[j]:
+                different.append((prompts[i], prompts[j]))
+    return different
+
+
+def _group_stats(
+    encoder: TextEncoder,
+    names: list[str],
+    groups: list[list[tuple[str, str]]],
+    batch_size: int,
+) -> list[GroupStats]:
+    """Encode every prompt of every pair group in batches; the :class:`GroupStats` of each."""
+    flat = [t for g in groups for pair in g for t in pair]
+    pooled = []
+    for start in range(0, len(flat), batch_size):
+        pooled.append(encoder.encode(flat[start : start + batch_size]).pooled.detach().cpu())
+    pooled_all = torch.cat(pooled) if pooled else torch.zeros(0, encoder.pooled_width)
+    stats = []
+    offset = 0
+    for name, group in zip(names, groups, strict=True):
+        block = pooled_all[offset : offset + 2 * len(group)]
+        offset += 2 * len(group)
+        stats.append(GroupStats.of(name, block[0::2], block[1::2]))
+    return stats
