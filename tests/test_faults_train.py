@@ -22,7 +22,7 @@ import torch
 
 from unveil.cli import main
 from unveil.errors import CheckpointError
-from unveil.train.checkpoint import list_checkpoints, load_checkpoint
+from unveil.runtime.checkpoint import list_checkpoints, load_checkpoint
 from unveil.train.loop import _append_jsonl, _truncate_jsonl, read_jsonl
 
 FAST = ["train.val_every=1000", "train.log_every=1"]

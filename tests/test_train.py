@@ -17,7 +17,7 @@ from unveil.cli import main
 from unveil.config import load_config, resolve_config_path
 from unveil.errors import CheckpointError, UnveilError
 from unveil.model import load_model
-from unveil.train.checkpoint import list_checkpoints, load_checkpoint
+from unveil.runtime.checkpoint import list_checkpoints, load_checkpoint
 from unveil.train.loop import train
 
 FAST = ["train.val_every=1000", "train.log_every=1"]

@@ -158,7 +158,7 @@ def load_model(
     path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
 ) -> LoadedModel:
     """Rebuild the generator of a checkpoint from the checkpoint alone."""
-    from unveil.train.checkpoint import latest_checkpoint, load_checkpoint
+    from unveil.runtime.checkpoint import latest_checkpoint, load_checkpoint
 
     path = Path(path)
     if path.is_dir():

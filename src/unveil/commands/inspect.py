@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from unveil.model import load_model
     from unveil.nn.build import count_parameters
-    from unveil.train.checkpoint import load_checkpoint
+    from unveil.runtime.checkpoint import load_checkpoint
 
     lm = load_model(args.checkpoint)
     if args.config_only:

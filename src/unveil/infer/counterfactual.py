@@ -411,8 +411,8 @@ def run_counterfactual(
         write_run_plan,
         write_run_record,
     )
+    from unveil.runtime.distributed import barrier, init_distributed, shutdown
     from unveil.text.edits import apply_edits, parse_edit
-    from unveil.train.distributed import barrier, init_distributed, shutdown
 
     out = Path(out)
     layout = RunLayout(out)

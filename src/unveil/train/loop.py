@@ -30,8 +30,8 @@ from unveil.errors import UnveilError
 from unveil.fs import write_text
 from unveil.model import ModelMeta, build_models
 from unveil.nn.build import param_groups
-from unveil.train import checkpoint as ckpt
-from unveil.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from unveil.runtime import checkpoint as ckpt
+from unveil.runtime.distributed import DistInfo, barrier, init_distributed, shutdown
 
 log = logging.getLogger(__name__)
 
