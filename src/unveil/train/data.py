@@ -1,4 +1,10 @@
-"""Training data: a cohort's training split, preprocessed once, plus the prompt sampler."""
+"""Training data: a cohort's training split, preprocessed once, plus the prompt sampler.
+
+The preprocessed training volumes are held in memory unless ``data.memory_budget_gb`` is
+set and they do not fit it; then they are written once to ``RUN/data-cache`` and read a
+patch at a time through memory maps (:mod:`unveil.data.stream`), with the same values,
+so the same patches are drawn and the run trains to the same weights.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +25,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SubjectData:
-    """One preprocessed subject held in memory (ids stay out of checkpoints and logs)."""
+    """One preprocessed subject (ids stay out of checkpoints and logs)."""
 
     id: str
-    prepared: Any  # unveil.data.preprocess.Prepared
+    #: unveil.data.preprocess.Prepared in memory, or unveil.data.stream.StreamedPrepared
+    #: (``image`` and ``mask`` read from disk a patch at a time).
+    prepared: Any
     row: Mapping[str, Any]
 
 
@@ -32,6 +40,15 @@ class TrainingData:
     val: list[SubjectData]
     mask_channels: list[str]
     splits: dict[str, list[str]]
+    #: training subjects read from the on-disk cache (0: all in memory)
+    streamed: int = 0
+    #: cache entries found and written by this call
+    cache_hits: int = 0
+    cache_writes: int = 0
+
+
+#: Folder of the on-disk cache of preprocessed volumes inside the run folder.
+DATA_CACHE = "data-cache"
 
 
 def load_training_data(
@@ -43,10 +60,18 @@ def load_training_data(
 ) -> TrainingData:
     """Open the cohort, make or reuse the split (``RUN/splits.json``), preprocess train and val.
 
-    Everything is held in memory after preprocessing: patches are cut from these tensors,
-    so no file is read per step.  An image whose value range is evidently not Hounsfield
-    units (the test of ``unveil check``) raises :class:`DataError` unless ``allow_non_hu``:
-    preprocessing clips to an HU window, so such an image would train on noise silently.
+    With ``data.memory_budget_gb`` null (the default) everything is held in memory after
+    preprocessing: patches are cut from these tensors, so no file is read per step.  With
+    a budget, training subjects are held in memory while their preprocessed size (image,
+    mask and label map) stays within it; once it would not, every training subject is
+    streamed instead (see the module docstring) and the memory goes back.  A subject
+    already in the cache is always streamed from it, without being read or preprocessed
+    again.  The validation subject stays in memory.
+
+    An image whose value range is evidently not Hounsfield units (the test of ``unveil
+    check``) raises :class:`DataError` unless ``allow_non_hu``: preprocessing clips to an
+    HU window, so such an image would train on noise silently.  (A cached subject is
+    judged by the range recorded when it was written.)
     """
     from tqdm.auto import tqdm
 
@@ -74,9 +99,101 @@ def load_training_data(
             out.append(SubjectData(sid, pre.prepare(image, mask), rows[sid]))
         return out
 
-    train = load(splits["train"], "preprocess train")
+    if cfg.data.memory_budget_gb is None:
+        train = load(splits["train"], "preprocess train")
+        val = load(splits.get("val", [])[:1], "preprocess val")
+        return TrainingData(train, val, pre.mask_channels, splits)
+
+    from unveil.data.stream import StreamedPrepared, VolumeCache, entry_key
+
+    budget = float(cfg.data.memory_budget_gb) * 2**30
+    cache = VolumeCache(Path(run_dir) / DATA_CACHE)
+    held = 0  # bytes of the subjects kept in memory
+    streaming = False
+    ranges: dict[str, list[float] | None] = {}  # source HU range, recorded with an entry
+    train: list[SubjectData] = []
+
+    def put(sid: str, prepared: Any) -> SubjectData:
+        subject = cohort[sid]
+        key = entry_key(cfg, subject.image, subject.mask)
+        entry = cache.put(key, prepared.image, prepared.mask, source_range=ranges[sid])
+        return SubjectData(sid, entry, rows[sid])
+
+    ids = splits["train"]
+    for sid in tqdm(
+        ids, desc="preprocess train", disable=not progress or len(ids) < 4, leave=False
+    ):
+        subject = cohort[sid]
+        found = cache.get(entry_key(cfg, subject.image, subject.mask))
+        if found is not None:
+            entry, record = found
+            if not allow_non_hu and record.get("source_range"):
+                _refuse_non_hu_range(subject.image, *record["source_range"])
+            train.append(SubjectData(sid, entry, rows[sid]))
+            continue
+        image, mask = cohort.load(sid)
+        if not allow_non_hu:
+            _refuse_non_hu(subject.image, image.array)
+        a = image.array
+        ranges[sid] = None if a.size == 0 else [float(a.min()), float(a.max())]
+        prepared = pre.prepare(image, mask)
+        del image, mask, a
+        size = _nbytes(prepared)
+        if not streaming and held + size > budget:
+            streaming = True
+            log.info(
+                "the preprocessed training volumes exceed data.memory_budget_gb=%g: they are "
+                "written to %s and read a patch at a time",
+                cfg.data.memory_budget_gb,
+                cache.folder,
+            )
+            # Spill what was held so far: nothing stays in memory once streaming.
+            train = [
+                s if isinstance(s.prepared, StreamedPrepared) else put(s.id, s.prepared)
+                for s in train
+            ]
+            held = 0
+        if streaming:
+            train.append(put(sid, prepared))
+        else:
+            held += size
+            train.append(SubjectData(sid, prepared, rows[sid]))
+    # PatchSampler pads a volume smaller than a patch along an axis, which needs it in
+    # memory: such (rare) subjects are read back whole.
+    patch = cfg.preprocess.patch_size
+    train = [
+        SubjectData(s.id, s.prepared.in_memory(), s.row)
+        if isinstance(s.prepared, StreamedPrepared)
+        and any(d < q for d, q in zip(s.prepared.shape, patch, strict=True))
+        else s
+        for s in train
+    ]
     val = load(splits.get("val", [])[:1], "preprocess val")
-    return TrainingData(train, val, pre.mask_channels, splits)
+    streamed = sum(isinstance(s.prepared, StreamedPrepared) for s in train)
+    if streamed:
+        log.info(
+            "%d of %d training subjects are read from %s (%d found there, %d written)",
+            streamed,
+            len(train),
+            cache.folder,
+            cache.hits,
+            cache.writes,
+        )
+    return TrainingData(train, val, pre.mask_channels, splits, streamed, cache.hits, cache.writes)
+
+
+def _nbytes(prepared: Any) -> int:
+    """Bytes a preprocessed subject holds in memory (image, mask, label map)."""
+    return sum(
+        int(t.numel()) * t.element_size()
+        for t in (prepared.image, prepared.mask, prepared.label_map)
+        if t is not None
+    )
+
+
+def _refuse_non_hu_range(path: Path, low: float, high: float) -> None:
+    """:func:`_refuse_non_hu` for a cached subject, from the range recorded with it."""
+    _refuse_non_hu(path, np.asarray([low, high], dtype=np.float64))
 
 
 def _refuse_non_hu(path: Path, array: np.ndarray) -> None:

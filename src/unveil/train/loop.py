@@ -7,6 +7,13 @@ state is checkpointed, so ``--resume`` continues exactly (on CPU the losses afte
 resuming equal those of an uninterrupted run) and N ranks with batch B reproduce one
 process with batch N*B: the global batch is drawn identically on every rank and each rank
 trains on its slice; DDP averages the gradients.
+
+Nothing in a step waits for the device: the family step returns its losses as tensors,
+which stay where they were computed until a logging point (every ``train.log_every``
+steps, at every checkpoint and at the end), where all the steps since the last one are
+brought to the host together, checked for non-finite values and appended to
+``losses.jsonl`` (one record per step).  Host-to-device copies of a CUDA run go through
+pinned memory without blocking, so the CPU draws the next batch while the GPU computes.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +88,79 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to a GPU through pinned memory and without blocking the host.
+
+    A copy from pageable memory makes the host wait for the device's queue to drain (the
+    staging buffer is reused), i.e. a synchronisation per copy; from pinned memory the
+    copy is queued and the host goes on (PyTorch's pinned-memory cache keeps the source
+    alive until the copy has run).
+    """
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _f64(v: torch.Tensor | float) -> torch.Tensor | float:
+    """A loss value for the log: a detached float64 tensor where it is (no device sync),
+    or the Python float it already is.  float64 keeps the log's arithmetic (averages over
+    micro-batches) what Python floats gave."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().to(torch.float64)
+    return float(v)
+
+
+class _LossLog:
+    """Per-step loss values, kept as returned (tensors on the device) until :meth:`flush`.
+
+    ``flush`` brings every pending step to the host in one transfer per device, checks
+    that all values are finite, and (``path`` given: the main rank) appends one record per
+    step to ``losses.jsonl`` with a single write and fsync.  Records of steps before a
+    non-finite one are written; then :class:`UnveilError` names the first bad step.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.pending: list[tuple[int, dict[str, torch.Tensor | float]]] = []
+
+    def add(self, step: int, logs: dict[str, torch.Tensor | float]) -> None:
+        self.pending.append((step, logs))
+
+    def flush(self) -> list[dict[str, Any]]:
+        """The host records of the pending steps, in order (``[]`` when none)."""
+        if not self.pending:
+            return []
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for _, logs in self.pending:
+            for v in logs.values():
+                if isinstance(v, torch.Tensor):
+                    by_device.setdefault(v.device, []).append(v.reshape(()).to(torch.float64))
+        host = {
+            dev: iter(torch.stack(vals).tolist()) for dev, vals in by_device.items()
+        }  # one device -> host copy (one sync) per device
+        records = []
+        for step, logs in self.pending:
+            rec: dict[str, Any] = {"step": step}
+            for k, v in logs.items():
+                rec[k] = next(host[v.device]) if isinstance(v, torch.Tensor) else float(v)
+            records.append(rec)
+        self.pending = []
+        bad = next(
+            (i for i, r in enumerate(records) if not all(math.isfinite(r[k]) for k in r)), None
+        )
+        good = records if bad is None else records[:bad]
+        if self.path is not None and good:
+            _append_records(self.path, good)
+        if bad is not None:
+            step = records[bad]["step"]
+            values = {k: v for k, v in records[bad].items() if k != "step"}
+            raise UnveilError(
+                f"training diverged at step {step} (loss {values}); lower the learning rate or "
+                "use train.amp=none, then --resume from the last checkpoint."
+            )
+        return records
+
+
 def train(
     cfg: Config,
     cohort: str | Path,
@@ -88,12 +169,16 @@ def train(
     resume: bool = False,
     progress: bool = True,
     allow_non_hu: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> Path:
     """Train the model described by ``cfg`` on ``cohort``; checkpoints go to ``out/checkpoints``.
 
     Returns the path of the last checkpoint.  With ``resume`` the newest checkpoint in
     ``out`` is loaded and training continues to ``steps`` (default the config's).  Images
     that do not look like Hounsfield units are refused unless ``allow_non_hu``.
+    ``on_step(step)``, when given, is called at the end of every step (after its
+    checkpoint and validation, if any): a hook for benchmarks, which timestamp it; it is
+    called on the host without waiting for the device.
     """
     from tqdm.auto import tqdm
 
@@ -254,13 +339,16 @@ def train(
         shard = slice(info.rank * bs, (info.rank + 1) * bs)
         global_bs = bs * info.world_size
 
-        def next_batch() -> tuple[torch.Tensor, torch.Tensor, TextCondition, torch.Generator]:
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor, TextCondition]:
             batch = sampler.sample(global_bs)
             idx = [int(i) for i in batch["index"]]
             texts, null = prompts.draw(idx, state.prompt_rng)
             enc = cache.get(texts[shard])
-            cond = TextCondition(enc.tokens, enc.mask, enc.pooled, null[shard]).to(device)
-            return batch["image"][shard].to(device), batch["mask"][shard].to(device), cond
+            cond = TextCondition(
+                *(_to_device(t, device) for t in (enc.tokens, enc.mask, enc.pooled, null[shard]))
+            )
+            image, mask = batch["image"][shard], batch["mask"][shard]
+            return _to_device(image, device), _to_device(mask, device), cond
 
         bar = tqdm(
             total=total,
@@ -271,49 +359,74 @@ def train(
             dynamic_ncols=True,
         )
         last_path = None
+        losses = _LossLog(out / "losses.jsonl" if info.is_main else None)
         t0 = time.perf_counter()
-        while state.step < total:
-            # The schedule spans the planned run (train.steps), not this call's --steps, so
-            # stopping early and resuming follows the same curve.
-            factor = lr_factor(
-                cfg.train.lr_schedule, state.step, cfg.train.steps, cfg.train.warmup_steps
-            )
-            for opt in family.optimizers():
-                for group in opt.param_groups:
-                    group.setdefault("base_lr", group["lr"])
-                    group["lr"] = group["base_lr"] * factor
-            logs = family.step(next_batch, state.torch_gen, global_bs, shard, cfg, device)
-            ema.update(_unwrap(family.generator))
-            state.step += 1
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
-            if not all(math.isfinite(v) for v in logs.values()):
-                raise UnveilError(
-                    f"training diverged at step {state.step} (loss {logs}); lower the learning rate or "
-                    "use train.amp=none, then --resume from the last checkpoint."
+        try:
+            while state.step < total:
+                # The schedule spans the planned run (train.steps), not this call's --steps, so
+                # stopping early and resuming follows the same curve.
+                factor = lr_factor(
+                    cfg.train.lr_schedule, state.step, cfg.train.steps, cfg.train.warmup_steps
                 )
-            if info.is_main:
-                _append_jsonl(out / "losses.jsonl", {"step": state.step, **logs})
-            if writer is not None and (
-                state.step % cfg.train.log_every == 0 or state.step == total
-            ):
-                for k, v in logs.items():
-                    writer.add_scalar(f"train/{k}", v, state.step)
-                writer.add_scalar(
-                    "train/it_per_s", state.step / max(time.perf_counter() - t0, 1e-9), state.step
-                )
-            if state.step % cfg.train.ckpt_every == 0 or state.step == total:
-                if info.is_main:
-                    last_path = _save(out, cfg, meta, state, gen, disc, family, ema)
-                barrier(info)
-            if (
-                info.is_main
-                and data.val
-                and (state.step % cfg.train.val_every == 0 or state.step == total)
-            ):
-                _validate(
-                    out, cfg, meta, ema, family, data, cache, template, writer, state.step, device
-                )
+                for opt in family.optimizers():
+                    for group in opt.param_groups:
+                        group.setdefault("base_lr", group["lr"])
+                        group["lr"] = group["base_lr"] * factor
+                logs = family.step(next_batch, state.torch_gen, global_bs, shard, cfg, device)
+                ema.update(_unwrap(family.generator))
+                state.step += 1
+                bar.update(1)
+                losses.add(state.step, logs)
+                log_step = state.step % cfg.train.log_every == 0 or state.step == total
+                ckpt_step = state.step % cfg.train.ckpt_every == 0 or state.step == total
+                if log_step or ckpt_step:
+                    # The only point where the host waits for the device's loss values: every
+                    # log_every steps, and before a checkpoint, so the log is complete up to
+                    # every checkpoint (a resumed run cuts it there).  Raises on non-finite.
+                    records = losses.flush()
+                    bar.set_postfix(
+                        {k: f"{v:.4f}" for k, v in records[-1].items() if k != "step"},
+                        refresh=False,
+                    )
+                    if writer is not None and log_step:
+                        for k, v in records[-1].items():
+                            if k != "step":
+                                writer.add_scalar(f"train/{k}", v, state.step)
+                        writer.add_scalar(
+                            "train/it_per_s",
+                            state.step / max(time.perf_counter() - t0, 1e-9),
+                            state.step,
+                        )
+                if ckpt_step:
+                    if info.is_main:
+                        last_path = _save(out, cfg, meta, state, gen, disc, family, ema)
+                    barrier(info)
+                if (
+                    info.is_main
+                    and data.val
+                    and (state.step % cfg.train.val_every == 0 or state.step == total)
+                ):
+                    _validate(
+                        out,
+                        cfg,
+                        meta,
+                        ema,
+                        family,
+                        data,
+                        cache,
+                        template,
+                        writer,
+                        state.step,
+                        device,
+                    )
+                if on_step is not None:
+                    on_step(state.step)
+        except BaseException:
+            # Best effort, for a run stopped by an error or Ctrl-C: the steps computed since
+            # the last logging point reach the log too (a resume cuts them at the checkpoint).
+            with contextlib.suppress(Exception):
+                losses.flush()
+            raise
         bar.close()
         if writer is not None:
             writer.close()
@@ -351,9 +464,15 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     A crash (kill -9, power loss, a full disk) can only cut the line being written; a
     resumed or restarted run repairs the file before it appends (:func:`_truncate_jsonl`).
     """
+    _append_records(path, [record])
+
+
+def _append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append records, one line each, with a single ``write`` (looped only when the OS
+    writes less) and one ``fsync``: a crash cuts at most the last line being written."""
     import json
 
-    data = (json.dumps(record) + "\n").encode("utf-8")
+    data = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         while data:  # os.write may write less than asked (a disk filling up)
@@ -534,26 +653,27 @@ class DiffusionFamily(_Family):
 
     def step(
         self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor | float]:
         model = self.ddp("generator")
         self.opt.zero_grad(set_to_none=True)
         accum = cfg.train.grad_accum
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for micro in range(accum):
             x0, mask, cond = next_batch()
             # Drawn for the global batch, then sliced: N ranks reproduce one process.
-            noise = torch.randn((global_bs, *x0.shape[1:]), generator=g)[shard].to(device)
-            t = self.process.sample_timesteps(global_bs, g, torch.empty(0))[shard].to(device)
+            noise = torch.randn((global_bs, *x0.shape[1:]), generator=g)[shard]
+            t = self.process.sample_timesteps(global_bs, g, torch.empty(0))[shard]
+            noise, t = _to_device(noise, device), _to_device(t, device)
             with self._micro_context(model, micro == accum - 1), _autocast(cfg, device):
                 loss, _ = self.process.training_loss(model, x0, mask, cond, noise=noise, t=t)
             self.scaler.scale(loss / accum).backward()
-            total += float(loss.detach()) / accum
+            total = total + _f64(loss) / accum  # stays on the device: no sync
         self.scaler.unscale_(self.opt)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
-        return {"loss": total}
+        return {"loss": total}  # type: ignore[dict-item]
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt]
@@ -583,16 +703,17 @@ class GanFamily(_Family):
 
     def step(
         self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor | float]:
         accum = cfg.train.grad_accum
         batches = []
         for _ in range(accum):
             real, mask, cond = next_batch()
             noise = None
             if self.noise_input:
-                noise = torch.randn((global_bs, 1, *real.shape[2:]), generator=g)[shard].to(device)
+                noise = torch.randn((global_bs, 1, *real.shape[2:]), generator=g)[shard]
+                noise = _to_device(noise, device)
             batches.append((real, mask, cond, noise))
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor | float] = {}
         gm, d = self.ddp("generator"), self.ddp("discriminator")
         # The fake of each micro-batch is generated once, with gradients (pix2pix): the
         # discriminator update sees it detached, the generator update reuses its graph.
@@ -607,7 +728,7 @@ class GanFamily(_Family):
                     loss_d, ld = self.process.d_loss_on(d, real, fake, mask, cond)
                 self.scaler_d.scale(loss_d / accum).backward()
                 for k, v in ld.items():
-                    logs[k] = logs.get(k, 0.0) + v / accum
+                    logs[k] = logs.get(k, 0.0) + _f64(v) / accum
             self.scaler_d.step(self.opt_d)
             self.scaler_d.update()
         # Generator update: the discriminator is frozen and called unwrapped, so it gets no
@@ -620,7 +741,7 @@ class GanFamily(_Family):
                     loss_g, lg = self.process.g_loss_on(self.discriminator, real, fake, mask, cond)
                 self.scaler_g.scale(loss_g / accum).backward()
                 for k, v in lg.items():
-                    logs[k] = logs.get(k, 0.0) + v / accum
+                    logs[k] = logs.get(k, 0.0) + _f64(v) / accum
         finally:
             self.discriminator.requires_grad_(True)
         if self.grad_clip:
