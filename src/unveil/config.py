@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unveil.errors import ConfigError
+from unveil.family_registry import SPECS as FAMILY_SPECS
+from unveil.family_registry import family_spec as _family_spec
 from unveil.fusion_registry import FUSIONS, fusion_spec
 
 
@@ -160,11 +162,19 @@ class TextConfig(Section):
 #: kind registered at run time is accepted without editing this file.
 FusionKind = str
 
+#: A generator family of the family registry (:data:`unveil.family_registry.SPECS`),
+#: checked by :meth:`ModelConfig._family_registered` at validation time, so that a family
+#: registered at run time is accepted without editing this file.
+FamilyName = str
+
 
 class ModelConfig(Section):
     """The conditional 3D UNet shared by both families."""
 
-    family: Literal["gan", "diffusion"] = "diffusion"
+    family: FamilyName = Field(
+        default="diffusion",
+        description="the generator family: a name of unveil.family_registry.SPECS",
+    )
     channels: tuple[int, ...] = (32, 64, 128)
     res_blocks: int = Field(default=1, ge=1)
     norm_groups: int = Field(default=8, ge=1)
@@ -190,6 +200,14 @@ class ModelConfig(Section):
             "preprocess.position_channel)"
         ),
     )
+
+    @field_validator("family")
+    @classmethod
+    def _family_registered(cls, v: str) -> str:
+        if v not in FAMILY_SPECS:
+            names = ", ".join(f"'{k}'" for k in FAMILY_SPECS)
+            raise ValueError(f"use one of the registered families: {names}")
+        return v
 
     @field_validator("fusion")
     @classmethod
@@ -346,15 +364,8 @@ class Config(Section):
                 "model.effect_knots needs the lung-height channel; set "
                 "preprocess.position_channel: true or model.effect_knots: 0"
             )
-        if (
-            self.model.effect_knots
-            and self.model.family == "diffusion"
-            and self.diffusion.prediction != "sample"
-        ):
-            raise ValueError(
-                "model.effect_knots adds a density shift to the network's output, which is an "
-                "image only with diffusion.prediction sample; set it, or model.effect_knots: 0"
-            )
+        # Family-specific checks (e.g. the effect head of a diffusion model): the registry's.
+        _family_spec(self.model.family).check_config(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:

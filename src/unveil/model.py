@@ -94,7 +94,8 @@ class ModelMeta:
 def build_models(
     cfg: Config, meta: ModelMeta
 ) -> tuple[TextConditionedGenerator, TextConditionedDiscriminator | None]:
-    """Fresh generator (and discriminator for GANs) for ``cfg`` and ``meta``."""
+    """Fresh generator (and discriminator when the family trains one) for ``cfg`` and ``meta``."""
+    from unveil.family_registry import family_spec
     from unveil.fusion_registry import fusion_spec
     from unveil.nn.build import build_discriminator, build_generator
 
@@ -116,7 +117,7 @@ def build_models(
     )
     gen = TextConditionedGenerator(net, adapter)
     disc = None
-    if cfg.model.family == "gan":
+    if family_spec(cfg.model.family).needs_discriminator:
         dnet = build_discriminator(cfg.gan, cfg.model, m, cond_dim, meta.image_channels)
         dadapter = (
             TextAdapter(meta.encoder_width, cond_dim, pooled_in_dim=meta.encoder_pooled_width)
@@ -140,13 +141,14 @@ class LoadedModel:
 
     def process(self):
         """The generative process object of this model's family."""
-        if self.cfg.model.family == "diffusion":
-            from unveil.generative.diffusion import DiffusionProcess
+        return self.family.process(self.cfg)
 
-            return DiffusionProcess(self.cfg.diffusion)
-        from unveil.generative.gan import GanProcess
+    @property
+    def family(self):
+        """The :class:`~unveil.generative.registry.GenerativeFamily` of this model."""
+        from unveil.generative.registry import family_for
 
-        return GanProcess(self.cfg.gan)
+        return family_for(self.cfg)
 
     def template(self):
         from unveil.text.template import Template

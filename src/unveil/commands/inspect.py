@@ -31,12 +31,7 @@ def run(args: argparse.Namespace) -> int:
         f"checkpoint   {lm.path}",
         f"step         {lm.step} (run planned for {c.train.steps})",
         "made with    " + ", ".join(f"{k} {v}" for k, v in lm.versions.items()),
-        f"family       {c.model.family}"
-        + (
-            f" ({c.diffusion.process}, {c.diffusion.prediction}, T={c.diffusion.timesteps}, sampler {c.diffusion.sampler} x{c.diffusion.sample_steps})"
-            if c.model.family == "diffusion"
-            else f" ({c.gan.loss}, L1 x{c.gan.l1_weight})"
-        ),
+        f"family       {c.model.family} ({lm.family.describe(c)})",
         f"fusion       {c.model.fusion} at {', '.join(c.model.fusion_levels)}; channels {list(c.model.channels)}",
         f"mask         {', '.join(lm.meta.mask_channels)}",
         f"text         template {c.text.template} ({lm.meta.template_identity}), encoder {lm.meta.encoder_name} ({lm.meta.encoder_width}-d)",

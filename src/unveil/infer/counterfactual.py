@@ -51,6 +51,7 @@ import torch
 
 from unveil.conditioning import TextCondition
 from unveil.errors import UnveilError
+from unveil.generative.registry import family_for
 from unveil.records import PLAN_JSON  # noqa: F401  (the plan's file name, defined with the run layout)
 
 log = logging.getLogger(__name__)
@@ -263,23 +264,10 @@ class Generator:
         check_text_setup(self.lm, encoder, template)
         self.cache = EmbeddingCache(encoder, cache_dir=None)
         self.pre = Preprocessor(self.cfg.preprocess, self.cfg.data)
-        if self.cfg.model.family == "diffusion":
-            diff = self.cfg.diffusion
-            if steps is not None and steps > diff.timesteps:
-                raise UnveilError(
-                    f"--steps {steps} is more than the {diff.timesteps} diffusion timesteps "
-                    f"checkpoint {self.lm.path} was trained with; give a value between 1 and "
-                    f"{diff.timesteps}."
-                )
-            own = float(diff.guidance_scale)
-            if guidance_scale is None and not (
-                math.isfinite(own) and 0.0 <= own <= MAX_GUIDANCE_SCALE
-            ):
-                raise UnveilError(
-                    f"checkpoint {self.lm.path} sets diffusion.guidance_scale to {own}, which is "
-                    f"not a finite number between 0 and {MAX_GUIDANCE_SCALE:g}; pass "
-                    "--guidance-scale with a value such as 3."
-                )
+        self.family = family_for(self.cfg)
+        self.family.check_sampling(
+            self.cfg, steps, guidance_scale, f"checkpoint {self.lm.path}", MAX_GUIDANCE_SCALE
+        )
         self.guidance_scale = guidance_scale
         self.steps = steps
         self.amp = amp
@@ -293,10 +281,8 @@ class Generator:
 
     @property
     def effective_steps(self) -> int | None:
-        """Sampling steps of a diffusion model (None for a GAN, which has none)."""
-        if self.cfg.model.family != "diffusion":
-            return None
-        return int(self.steps if self.steps is not None else self.cfg.diffusion.sample_steps)
+        """Sampling steps of an iterative family (None for a GAN, which has none)."""
+        return self.family.sampling_steps(self.cfg, self.steps)
 
     def condition(self, prompt: str) -> TextCondition:
         enc = self.cache.get([prompt])
@@ -326,14 +312,12 @@ class Generator:
         """DDIM inversion of the real (preprocessed) scan under ``prompt`` -> ``x_T``.
 
         Always float32, whatever ``amp``: inversion accumulates the network's error over
-        every step and must return to the scan it started from.
+        every step and must return to the scan it started from.  The family must support
+        inversion (its ``invert`` refuses otherwise).
         """
-        from unveil.generative.diffusion import DiffusionProcess
         from unveil.infer.sliding import windowed
 
-        if self.cfg.model.family != "diffusion":
-            raise UnveilError("--from-scan inverts a diffusion model; this checkpoint is a GAN.")
-        process = DiffusionProcess(self.cfg.diffusion)
+        self.family.check_inversion()
         cond = self.condition(prompt)
         mask = prepared.mask.unsqueeze(0).to(self.device)
         run = windowed(
@@ -343,7 +327,8 @@ class Generator:
             self.cfg.infer.sw_batch_size,
             self.cfg.infer.blend,
         )
-        return process.invert(
+        return self.family.invert(
+            self.cfg,
             lambda x, t: run(x, mask, t, cond),
             prepared.image.unsqueeze(0).to(self.device),
             steps=self.steps,
@@ -437,8 +422,8 @@ def run_counterfactual(
             steps=steps,
             amp=amp,
         )
-        if from_scan and gen.cfg.model.family != "diffusion":  # before the plan is written
-            raise UnveilError("--from-scan inverts a diffusion model; this checkpoint is a GAN.")
+        if from_scan:  # before the plan is written
+            gen.family.check_inversion()
         template = gen.template
         parsed = {e: parse_edit(e, template) for e in [*edits, *null_edits]}
         base = [parse_edit(b, template) for b in baseline]

@@ -1,4 +1,4 @@
-"""Whole-volume generation for one preprocessed subject (both families)."""
+"""Whole-volume generation for one preprocessed subject (any family of the registry)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch import nn
 
 from unveil.conditioning import TextCondition
 from unveil.config import Config
+from unveil.generative.registry import family_for
 from unveil.infer.sliding import windowed
 from unveil.precision import AMP_CHOICES
 
@@ -64,43 +65,22 @@ def generate_prepared(
     )
     noise = noise.to(device)
     inf = cfg.infer
-    if cfg.model.family == "diffusion":
-        from unveil.generative.diffusion import DiffusionProcess
 
-        process = DiffusionProcess(cfg.diffusion)
-        scale = cfg.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+    def window(fn, progress: bool = False):
+        return windowed(
+            fn, cfg.preprocess.patch_size, inf.overlap, inf.sw_batch_size, inf.blend, progress
+        )
 
-        net = _in_precision(model, amp, device)  # guidance mixes the outputs in float32
-
-        def guided(x, m, t, c):
-            # Classifier-free guidance inside each window: one batched call per window.
-            return process.model_fn(net, m, c, scale)(x, t)
-
-        run = windowed(guided, cfg.preprocess.patch_size, inf.overlap, inf.sw_batch_size, inf.blend)
-
-        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return run(x_t, mask, t, cond)
-
-        # DDPM and DDIM with eta > 0 draw fresh noise at every step: seed it from the
-        # starting noise, so a counterfactual pair (same starting noise) also shares the
-        # per-step noise and differs only by its prompt.
-        step_noise = torch.Generator(device=noise.device).manual_seed(_noise_seed(noise))
-        return process.sample(denoise, noise, steps=steps, progress=progress, generator=step_noise)
-    run = windowed(
+    # The family decides how a volume comes out of the noise: sampling over steps
+    # (diffusion; guidance mixes the outputs in float32) or one windowed pass (GAN).
+    return family_for(cfg).sample_volume(
+        cfg,
         _in_precision(model, amp, device),
-        cfg.preprocess.patch_size,
-        inf.overlap,
-        inf.sw_batch_size,
-        inf.blend,
+        window,
+        mask,
+        cond,
+        noise,
+        guidance_scale=guidance_scale,
+        steps=steps,
         progress=progress,
     )
-    x = noise if cfg.model.noise_input else None
-    return run(x, mask, None, cond).clamp(-1.0, 1.0)
-
-
-def _noise_seed(noise: torch.Tensor) -> int:
-    """A 63-bit seed determined by the bytes of ``noise`` (same noise, same seed)."""
-    import hashlib
-
-    digest = hashlib.sha256(noise.detach().cpu().contiguous().numpy().tobytes()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1

@@ -1,8 +1,11 @@
 """Networks from config sections: the generator/denoiser UNet and the discriminator.
 
-``model.family`` decides the role of the UNet: ``diffusion`` -> time embedding, linear
-output; ``gan`` -> no time embedding, ``tanh`` output, and one noise input channel when
-``model.noise_input`` is set.  An invalid combination is raised as
+``model.family`` decides the role of the UNet through the flags of its entry in the family
+registry (:mod:`unveil.family_registry`): ``time_conditioned`` -> time embedding;
+``output_activation_default`` -> the output when ``model.out_activation`` is ``auto``
+(linear for diffusion, ``tanh`` for the GAN); ``allows_noise_input`` -> one noise input
+channel when ``model.noise_input`` is set (the GAN).  A discriminator is built only for a
+family with ``needs_discriminator``.  An invalid combination is raised as
 :class:`~unveil.errors.ConfigError` with one sentence naming the config keys, so the CLI
 shows it without a traceback.
 """
@@ -13,6 +16,7 @@ from torch import nn
 
 from unveil.config import GanConfig, ModelConfig
 from unveil.errors import ConfigError
+from unveil.family_registry import SPECS, family_spec
 from unveil.nn.discriminator import ConditionalPatchDiscriminator
 from unveil.nn.fusion import fusion_spec
 from unveil.nn.unet import ConditionalUNet
@@ -38,16 +42,17 @@ def build_generator(
         depth_channel: index of the lung-depth mask channel (used by the effect head
             when present), or None.
     """
-    diffusion = model_cfg.family == "diffusion"
+    family = _spec(model_cfg.family)
     if model_cfg.effect_knots and height_channel is None:
         raise ConfigError(
             "model.effect_knots needs the lung-height channel; set "
             "preprocess.position_channel: true or model.effect_knots: 0."
         )
-    if diffusion and model_cfg.noise_input:
+    if model_cfg.noise_input and not family.allows_noise_input:
+        allowed = ", ".join(n for n, s in SPECS.items() if s.allows_noise_input) or "none"
         raise ConfigError(
-            "model.noise_input adds a noise channel to the GAN generator only; set it to "
-            "false for model.family diffusion (the denoiser already takes noise as input)."
+            f"model.noise_input adds a noise channel to the generator of the families that "
+            f"take one ({allowed}) only; set it to false for model.family {family.name}."
         )
     try:
         return ConditionalUNet(
@@ -61,9 +66,13 @@ def build_generator(
             fusion_levels=tuple(model_cfg.fusion_levels),
             heads=model_cfg.heads,
             cond_dim=cond_dim,
-            with_time=diffusion,
-            noise_channels=1 if (not diffusion and model_cfg.noise_input) else 0,
-            out_activation=None if model_cfg.out_activation == "auto" else model_cfg.out_activation,
+            with_time=family.time_conditioned,
+            noise_channels=1 if model_cfg.noise_input else 0,
+            out_activation=(
+                family.output_activation_default
+                if model_cfg.out_activation == "auto"
+                else model_cfg.out_activation
+            ),
             effect_knots=model_cfg.effect_knots,
             height_channel=height_channel if model_cfg.effect_knots else None,
             depth_channel=depth_channel if model_cfg.effect_knots else None,
@@ -87,9 +96,10 @@ def build_discriminator(
     models is fair.
     ``image_channels`` is an argument because the config has no field for it (1 for CT).
     """
-    if model_cfg.family != "gan":
+    if not _spec(model_cfg.family).needs_discriminator:
+        trained = " or ".join(n for n, s in SPECS.items() if s.needs_discriminator) or "none"
         raise ConfigError(
-            f"a discriminator is only built for model.family gan, not '{model_cfg.family}'."
+            f"a discriminator is only built for model.family {trained}, not '{model_cfg.family}'."
         )
     use_text = gan_cfg.disc_text and fusion_spec(model_cfg.fusion).uses_text
     try:
@@ -102,6 +112,14 @@ def build_discriminator(
         )
     except ValueError as err:
         raise ConfigError(f"gan config: {err}") from None
+
+
+def _spec(name: str):
+    """The family registry's entry of ``name``, its refusal as a :class:`ConfigError`."""
+    try:
+        return family_spec(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
