@@ -317,3 +317,22 @@ def test_stochastic_samplers_run_and_pairs_share_their_step_noise(tiny_phantom, 
     assert np.isfinite(vol[0]).all() and np.array_equal(vol[0], vol[1])
     floor = read_volume(runs[0] / "subjects/sub-000/floor_s0.nii.gz").array
     assert not np.array_equal(floor, vol[0])  # another seed, other per-step noise
+
+
+@pytest.mark.parametrize("command", ["generate", "counterfactual", "evaluate"])
+def test_corrupt_splits_json_with_split_is_one_sentence(
+    ckpt, tiny_phantom, tmp_path, capsys, command
+):
+    """--split reads the training run's splits.json: a cut file is named, not a traceback."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    copy = run / "checkpoints" / ckpt.name
+    shutil.copy(ckpt, copy)
+    (run / "splits.json").write_text('{"splits": {"train": [')
+    argv = [command, "--checkpoint", str(copy), "--cohort", str(tiny_phantom),
+            "--out", str(tmp_path / "out"), "--split", "test"]  # fmt: skip
+    if command == "counterfactual":
+        argv += ["--edit", "smoking=current"]
+    line = _cli_fails(capsys, argv)
+    assert "splits.json" in line and "not valid JSON" in line
+    assert not (tmp_path / "out").exists()
