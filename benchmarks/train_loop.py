@@ -153,8 +153,8 @@ def bare_stepper(cfg, cohort: Path, device_name: str, block: int):
     """
     import torch
 
+    from unveil.generative.registry import family_for
     from unveil.model import ModelMeta, build_models
-    from unveil.train.loop import _make_family
 
     device = torch.device(device_name)
     batch, channels, encoder = bare_batch(cfg, cohort, device)
@@ -173,7 +173,7 @@ def bare_stepper(cfg, cohort: Path, device_name: str, block: int):
     gen.to(device).train()
     if disc is not None:
         disc.to(device).train()
-    family = _make_family(cfg, gen, disc)
+    family = family_for(cfg).trainer(cfg, gen, disc)
     g = torch.Generator().manual_seed(cfg.train.seed + 3)
     bs = cfg.train.batch_size
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)

@@ -146,7 +146,7 @@ def test_registering_a_taken_name_is_refused() -> None:
 
 
 def test_no_module_outside_the_registry_compares_the_family_to_a_name() -> None:
-    allowed = {SRC / "family_registry.py", SRC / "train" / "loop.py"}  # loop.py: see docs
+    allowed = {SRC / "family_registry.py"}
     pattern = re.compile(r"""family\s*(==|!=)\s*["']|["']\s*(==|!=)\s*\S*family\b""")
     offenders = []
     for path in SRC.rglob("*.py"):
@@ -156,3 +156,33 @@ def test_no_module_outside_the_registry_compares_the_family_to_a_name() -> None:
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize(
+    ("family", "keys"),
+    [
+        ("diffusion", {"generator", "scaler"}),
+        ("gan", {"generator", "discriminator", "scaler_g", "scaler_d"}),
+    ],
+)
+def test_trainer_hook_builds_the_training_step_with_the_checkpoint_keys(family, keys) -> None:
+    from unveil.generative.trainers import DiffusionTrainer, GanTrainer
+    from unveil.nn.build import build_discriminator, build_generator
+
+    cfg = load_config(overrides=[f"model.family={family}"])
+    model = cfg.model.model_copy(update={"channels": (8, 16)})
+    gen = build_generator(model, 1, 2, 16)
+    disc = build_discriminator(cfg.gan, model, 2, 16) if family == "gan" else None
+    trainer = family_for(cfg).trainer(cfg, gen, disc)
+    assert isinstance(trainer, GanTrainer if family == "gan" else DiffusionTrainer)
+    assert trainer.generator is gen
+    assert set(trainer.optimizer_states()) == keys  # what checkpoints store, unchanged
+    assert trainer.modules()[0] == "generator" and len(trainer.optimizers()) == len(
+        trainer.modules()
+    )
+
+
+def test_a_family_without_a_trainer_is_refused(toy) -> None:
+    cfg = load_config(overrides=["model.family=toy"])
+    with pytest.raises(NotImplementedError, match="toy"):
+        toy.trainer(cfg, torch.nn.Linear(1, 1), None)

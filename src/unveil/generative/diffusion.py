@@ -222,7 +222,7 @@ class DiffusionProcess:
         noise: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Denoising loss on one batch.
 
         Args:
@@ -237,7 +237,8 @@ class DiffusionProcess:
 
         Returns:
             ``(loss, logs)``: the scalar ``diffusion.loss`` (l1 or l2, mean over every
-            voxel, computed in float32) and ``{"loss": float}``.
+            voxel, computed in float32) and ``{"loss": loss.detach()}`` (a tensor where
+            it was computed: logging it needs no device sync).
         """
         if (noise is None or t is None) and generator is None:
             raise ValueError(
@@ -260,7 +261,7 @@ class DiffusionProcess:
             loss = F.l1_loss(pred.float(), target.float())
         else:
             loss = F.mse_loss(pred.float(), target.float())
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
     # ------------------------------------------------------------------ guided denoiser
 

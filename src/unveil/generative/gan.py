@@ -144,14 +144,14 @@ class GanProcess:
         fake: torch.Tensor,
         mask: torch.Tensor,
         cond: TextCondition | None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         real_logits = self._disc(discriminator, real, mask, cond)
         fake_logits = self._disc(discriminator, fake.detach(), mask, cond)
         loss = self.d_loss_from_logits(real_logits, fake_logits)
         logs = {
-            "d_loss": float(loss.detach()),
-            "d_real": float(real_logits.detach().float().mean()),
-            "d_fake": float(fake_logits.detach().float().mean()),
+            "d_loss": loss.detach(),
+            "d_real": real_logits.detach().float().mean(),
+            "d_fake": fake_logits.detach().float().mean(),
         }
         return loss, logs
 
@@ -162,7 +162,7 @@ class GanProcess:
         fake: torch.Tensor,
         mask: torch.Tensor,
         cond: TextCondition | None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # adv_weight 0 makes the generator a conditional regressor (reconstruction terms
         # only): the discriminator is then not evaluated at all.
         adversarial = self.cfg.adv_weight > 0
@@ -182,20 +182,20 @@ class GanProcess:
         else:
             l1 = F.l1_loss(fake.float(), real.float())
         loss = self.cfg.adv_weight * adv + self.cfg.l1_weight * l1
-        logs = {"g_l1": float(l1.detach())}
+        logs = {"g_l1": l1.detach()}
         if adversarial:
-            logs["g_adv"] = float(adv.detach())
+            logs["g_adv"] = adv.detach()
         if self.cfg.lowpass_weight > 0:
             mf, w = masked_block_means(fake.float(), inside, self.cfg.lowpass_size)
             mr, _ = masked_block_means(real.float(), inside, self.cfg.lowpass_size)
             lowpass = ((mf - mr).abs() * w).sum() / (w.sum().clamp_min(1e-6) * fake.shape[1])
             loss = loss + self.cfg.lowpass_weight * lowpass
-            logs["g_lowpass"] = float(lowpass.detach())
+            logs["g_lowpass"] = lowpass.detach()
         if self.cfg.corr_weight > 0:
             corr = (1.0 - pearson_correlation(fake, real)).mean()
             loss = loss + self.cfg.corr_weight * corr
-            logs["g_corr"] = float(corr.detach())
-        logs["g_loss"] = float(loss.detach())
+            logs["g_corr"] = corr.detach()
+        logs["g_loss"] = loss.detach()
         return loss, logs
 
     # ------------------------------------------------------------------ public losses
@@ -208,7 +208,7 @@ class GanProcess:
         mask: torch.Tensor,
         cond: TextCondition | None,
         noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Discriminator loss on one batch; the fake is generated without gradients.
 
         Args:
@@ -232,7 +232,7 @@ class GanProcess:
         mask: torch.Tensor,
         cond: TextCondition | None,
         noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Generator loss: adversarial + ``l1_weight`` L1 (+ ``corr_weight`` (1 - r)).
 
         Gradients reach the discriminator's parameters too unless they are frozen; use
@@ -256,7 +256,7 @@ class GanProcess:
         mask: torch.Tensor,
         cond: TextCondition | None,
         noise: torch.Tensor | None = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """One discriminator update, then one generator update; returns both logs merged.
 
         The fake is generated once (with gradients): the discriminator half sees it
@@ -267,7 +267,7 @@ class GanProcess:
         """
         fake = self.generate(generator, mask, cond, noise)
 
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         if self.cfg.adv_weight > 0:  # with no adversarial term the discriminator is idle
             d_loss, logs = self.d_loss_on(discriminator, real, fake, mask, cond)
             opt_d.zero_grad(set_to_none=True)

@@ -19,7 +19,10 @@ A family object (:class:`GenerativeFamily`) provides:
   the ``--steps`` / ``--guidance-scale`` options against a checkpoint;
 * ``invert(cfg, denoise, image, steps)`` where ``supports_inversion``
   (``check_inversion()`` refuses ``--from-scan`` otherwise);
-* ``describe(cfg)``: the details after the family's name in ``unveil inspect``.
+* ``describe(cfg)``: the details after the family's name in ``unveil inspect``;
+* ``trainer(cfg, gen, disc)``: the object that runs the family's training steps
+  (:class:`~unveil.generative.trainers.Trainer`: optimisers, grad scalers, the step with
+  gradient accumulation and DDP); :func:`unveil.train.loop.train` calls only that.
 
 Rectified flow is not an entry of its own.  It is the ``diffusion.process: rflow`` variant
 of the diffusion family: it uses the ``diffusion`` config section (timesteps, guidance,
@@ -166,6 +169,11 @@ class GenerativeFamily:
         """The details shown after the family's name by ``unveil inspect`` (one line)."""
         return self.spec.description
 
+    def trainer(self, cfg: Any, gen: torch.nn.Module, disc: torch.nn.Module | None) -> Any:
+        """The :class:`~unveil.generative.trainers.Trainer` of ``gen`` (and ``disc``, built
+        when the family ``needs_discriminator``): its optimisers and its training step."""
+        raise NotImplementedError(f"family '{self.name}' defines no trainer.")
+
 
 class GanFamily(GenerativeFamily):
     """The conditional GAN: one (windowed) generator pass, output clamped to [-1, 1]."""
@@ -194,6 +202,13 @@ class GanFamily(GenerativeFamily):
 
     def describe(self, cfg: Any) -> str:
         return f"{cfg.gan.loss}, L1 x{cfg.gan.l1_weight}"
+
+    def trainer(self, cfg, gen, disc):
+        from unveil.generative.trainers import GanTrainer
+
+        if disc is None:
+            raise ValueError("the gan family trains a discriminator; build_models gave none.")
+        return GanTrainer(cfg, gen, disc)
 
 
 class DiffusionFamily(GenerativeFamily):
@@ -269,6 +284,11 @@ class DiffusionFamily(GenerativeFamily):
         return (
             f"{d.process}, {d.prediction}, T={d.timesteps}, sampler {d.sampler} x{d.sample_steps}"
         )
+
+    def trainer(self, cfg, gen, disc):
+        from unveil.generative.trainers import DiffusionTrainer
+
+        return DiffusionTrainer(cfg, gen)
 
 
 def noise_seed(noise: torch.Tensor) -> int:

@@ -30,16 +30,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from unveil.conditioning import TextCondition
 from unveil.config import Config, config_from_dict
 from unveil.errors import UnveilError
 from unveil.fs import write_text
+from unveil.generative.registry import family_for
 from unveil.model import ModelMeta, build_models
-from unveil.nn.build import param_groups
 from unveil.runtime import checkpoint as ckpt
-from unveil.runtime.distributed import DistInfo, barrier, init_distributed, shutdown
+from unveil.runtime.device import to_device, unwrap
+from unveil.runtime.distributed import barrier, init_distributed, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -73,41 +73,6 @@ def _set_rng_state(rng: np.random.Generator, st: dict[str, Any]) -> None:
         "has_uint32": st["has_uint32"],
         "uinteger": st["uinteger"],
     }
-
-
-def _autocast(cfg: Config, device: torch.device):
-    if cfg.train.amp == "none":
-        return contextlib.nullcontext()
-    if device.type == "cpu" and cfg.train.amp == "fp16":
-        raise UnveilError("train.amp=fp16 needs a GPU; use train.amp=bf16 or none on CPU.")
-    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _unwrap(m: nn.Module) -> nn.Module:
-    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``; to a GPU through pinned memory and without blocking the host.
-
-    A copy from pageable memory makes the host wait for the device's queue to drain (the
-    staging buffer is reused), i.e. a synchronisation per copy; from pinned memory the
-    copy is queued and the host goes on (PyTorch's pinned-memory cache keeps the source
-    alive until the copy has run).
-    """
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def _f64(v: torch.Tensor | float) -> torch.Tensor | float:
-    """A loss value for the log: a detached float64 tensor where it is (no device sync),
-    or the Python float it already is.  float64 keeps the log's arithmetic (averages over
-    micro-batches) what Python floats gave."""
-    if isinstance(v, torch.Tensor):
-        return v.detach().to(torch.float64)
-    return float(v)
 
 
 class _LossLog:
@@ -293,7 +258,7 @@ def train(
         for mod in (gen, disc):
             if mod is not None and getattr(mod, "adapter", None) is not None:
                 mod.adapter.fit_normalization(all_prompts)
-        family = _make_family(cfg, gen, disc)
+        family = family_for(cfg).trainer(cfg, gen, disc)  # optimisers + the training step
         ema = EMA(gen, decay=cfg.train.ema_decay)
 
         state = RunState(
@@ -345,10 +310,10 @@ def train(
             texts, null = prompts.draw(idx, state.prompt_rng)
             enc = cache.get(texts[shard])
             cond = TextCondition(
-                *(_to_device(t, device) for t in (enc.tokens, enc.mask, enc.pooled, null[shard]))
+                *(to_device(t, device) for t in (enc.tokens, enc.mask, enc.pooled, null[shard]))
             )
             image, mask = batch["image"][shard], batch["mask"][shard]
-            return _to_device(image, device), _to_device(mask, device), cond
+            return to_device(image, device), to_device(mask, device), cond
 
         bar = tqdm(
             total=total,
@@ -373,7 +338,7 @@ def train(
                         group.setdefault("base_lr", group["lr"])
                         group["lr"] = group["base_lr"] * factor
                 logs = family.step(next_batch, state.torch_gen, global_bs, shard, cfg, device)
-                ema.update(_unwrap(family.generator))
+                ema.update(unwrap(family.generator))
                 state.step += 1
                 bar.update(1)
                 losses.add(state.step, logs)
@@ -559,8 +524,8 @@ def _save(out, cfg, meta, state, gen, disc, family, ema) -> Path:
         "step": state.step,
         "meta": meta.to_dict(),
         "models": {
-            "generator": _unwrap(gen).state_dict(),
-            **({"discriminator": _unwrap(disc).state_dict()} if disc is not None else {}),
+            "generator": unwrap(gen).state_dict(),
+            **({"discriminator": unwrap(disc).state_dict()} if disc is not None else {}),
         },
         "optimizers": family.optimizer_states(),
         "ema": ema.state_dict(),
@@ -588,8 +553,8 @@ def _validate(out, cfg, meta, ema, family, data, cache, template, writer, step, 
     cond = TextCondition(enc.tokens, enc.mask, enc.pooled, torch.zeros(1, dtype=torch.bool))
     gen = torch.Generator().manual_seed(cfg.train.seed)
     noise = torch.randn((1, 1, *subj.prepared.image.shape[-3:]), generator=gen)
-    with ema.average_parameters(_unwrap(family.generator)):
-        model = _unwrap(family.generator).eval()
+    with ema.average_parameters(unwrap(family.generator)):
+        model = unwrap(family.generator).eval()
         fake = generate_prepared(
             model, cfg, subj.prepared, cond.to(device), noise.to(device), device
         )
@@ -602,175 +567,3 @@ def _validate(out, cfg, meta, ema, family, data, cache, template, writer, step, 
         real = subj.prepared.image[0, :, :, z]
         img = torch.cat([real.cpu(), fake[0, 0, :, :, z].cpu()], dim=1)
         writer.add_image("val/real_vs_generated", ((img + 1) / 2).clamp(0, 1).unsqueeze(0), step)
-
-
-# ------------------------------------------------------------------------------ families
-
-
-class _Family:
-    generator: nn.Module
-
-    def wrap_ddp(self, info: DistInfo) -> None:
-        self.info = info
-        self._ddp = {}
-        if info.enabled:
-            ids = [info.device.index] if info.device.type == "cuda" else None
-            for name in self.modules():
-                # Which parameters take part varies by batch (the learned null condition only
-                # when a prompt is dropped), so DDP must look for unused ones each step.
-                self._ddp[name] = nn.parallel.DistributedDataParallel(
-                    getattr(self, name), device_ids=ids, find_unused_parameters=True
-                )
-
-    def ddp(self, name: str) -> nn.Module:
-        return getattr(self, "_ddp", {}).get(name, getattr(self, name))
-
-    def modules(self) -> list[str]:
-        raise NotImplementedError
-
-    @staticmethod
-    def _micro_context(mod: nn.Module, last: bool):
-        # Gradient accumulation: only the last micro-batch all-reduces.
-        if isinstance(mod, nn.parallel.DistributedDataParallel) and not last:
-            return mod.no_sync()
-        return contextlib.nullcontext()
-
-
-class DiffusionFamily(_Family):
-    def __init__(self, cfg: Config, gen: nn.Module) -> None:
-        from unveil.generative.diffusion import DiffusionProcess
-
-        self.process = DiffusionProcess(cfg.diffusion)
-        self.generator = gen
-        self.opt = torch.optim.AdamW(
-            param_groups(gen, cfg.diffusion.lr, cfg.text.lr_scale), weight_decay=0.0
-        )
-        self.scaler = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
-        self.grad_clip = cfg.train.grad_clip
-
-    def modules(self) -> list[str]:
-        return ["generator"]
-
-    def step(
-        self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device
-    ) -> dict[str, torch.Tensor | float]:
-        model = self.ddp("generator")
-        self.opt.zero_grad(set_to_none=True)
-        accum = cfg.train.grad_accum
-        total: torch.Tensor | float = 0.0
-        for micro in range(accum):
-            x0, mask, cond = next_batch()
-            # Drawn for the global batch, then sliced: N ranks reproduce one process.
-            noise = torch.randn((global_bs, *x0.shape[1:]), generator=g)[shard]
-            t = self.process.sample_timesteps(global_bs, g, torch.empty(0))[shard]
-            noise, t = _to_device(noise, device), _to_device(t, device)
-            with self._micro_context(model, micro == accum - 1), _autocast(cfg, device):
-                loss, _ = self.process.training_loss(model, x0, mask, cond, noise=noise, t=t)
-            self.scaler.scale(loss / accum).backward()
-            total = total + _f64(loss) / accum  # stays on the device: no sync
-        self.scaler.unscale_(self.opt)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        return {"loss": total}  # type: ignore[dict-item]
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.opt]
-
-    def optimizer_states(self) -> dict[str, Any]:
-        return {"generator": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
-
-    def load_optimizers(self, st: dict[str, Any]) -> None:
-        self.opt.load_state_dict(st["generator"])
-        self.scaler.load_state_dict(st["scaler"])
-
-
-class GanFamily(_Family):
-    def __init__(self, cfg: Config, gen: nn.Module, disc: nn.Module) -> None:
-        from unveil.generative.gan import GanProcess, make_gan_optimizers
-
-        self.process = GanProcess(cfg.gan, label_channels=len(cfg.data.labels))
-        self.generator, self.discriminator = gen, disc
-        self.opt_g, self.opt_d = make_gan_optimizers(gen, disc, cfg.gan, cfg.text.lr_scale)
-        self.scaler_g = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
-        self.scaler_d = torch.amp.GradScaler(enabled=cfg.train.amp == "fp16")
-        self.noise_input = cfg.model.noise_input
-        self.grad_clip = cfg.train.grad_clip
-
-    def modules(self) -> list[str]:
-        return ["generator", "discriminator"]
-
-    def step(
-        self, next_batch, g: torch.Generator, global_bs: int, shard: slice, cfg: Config, device
-    ) -> dict[str, torch.Tensor | float]:
-        accum = cfg.train.grad_accum
-        batches = []
-        for _ in range(accum):
-            real, mask, cond = next_batch()
-            noise = None
-            if self.noise_input:
-                noise = torch.randn((global_bs, 1, *real.shape[2:]), generator=g)[shard]
-                noise = _to_device(noise, device)
-            batches.append((real, mask, cond, noise))
-        logs: dict[str, torch.Tensor | float] = {}
-        gm, d = self.ddp("generator"), self.ddp("discriminator")
-        # The fake of each micro-batch is generated once, with gradients (pix2pix): the
-        # discriminator update sees it detached, the generator update reuses its graph.
-        fakes = []
-        for i, (_real, mask, cond, noise) in enumerate(batches):
-            with self._micro_context(gm, i == accum - 1), _autocast(cfg, device):
-                fakes.append(self.process.generate(gm, mask, cond, noise))
-        if cfg.gan.adv_weight > 0:  # with no adversarial term the discriminator is idle
-            self.opt_d.zero_grad(set_to_none=True)
-            for i, ((real, mask, cond, _), fake) in enumerate(zip(batches, fakes, strict=False)):
-                with self._micro_context(d, i == accum - 1), _autocast(cfg, device):
-                    loss_d, ld = self.process.d_loss_on(d, real, fake, mask, cond)
-                self.scaler_d.scale(loss_d / accum).backward()
-                for k, v in ld.items():
-                    logs[k] = logs.get(k, 0.0) + _f64(v) / accum
-            self.scaler_d.step(self.opt_d)
-            self.scaler_d.update()
-        # Generator update: the discriminator is frozen and called unwrapped, so it gets no
-        # gradients and its DDP reducer does not wait for any.
-        self.discriminator.requires_grad_(False)
-        self.opt_g.zero_grad(set_to_none=True)
-        try:
-            for (real, mask, cond, _), fake in zip(batches, fakes, strict=False):
-                with _autocast(cfg, device):
-                    loss_g, lg = self.process.g_loss_on(self.discriminator, real, fake, mask, cond)
-                self.scaler_g.scale(loss_g / accum).backward()
-                for k, v in lg.items():
-                    logs[k] = logs.get(k, 0.0) + _f64(v) / accum
-        finally:
-            self.discriminator.requires_grad_(True)
-        if self.grad_clip:
-            self.scaler_g.unscale_(self.opt_g)
-            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
-        self.scaler_g.step(self.opt_g)
-        self.scaler_g.update()
-        return logs
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.opt_g, self.opt_d]
-
-    def optimizer_states(self) -> dict[str, Any]:
-        return {
-            "generator": self.opt_g.state_dict(),
-            "discriminator": self.opt_d.state_dict(),
-            "scaler_g": self.scaler_g.state_dict(),
-            "scaler_d": self.scaler_d.state_dict(),
-        }
-
-    def load_optimizers(self, st: dict[str, Any]) -> None:
-        self.opt_g.load_state_dict(st["generator"])
-        self.opt_d.load_state_dict(st["discriminator"])
-        self.scaler_g.load_state_dict(st["scaler_g"])
-        self.scaler_d.load_state_dict(st["scaler_d"])
-
-
-def _make_family(cfg: Config, gen: nn.Module, disc: nn.Module | None) -> _Family:
-    if cfg.model.family == "diffusion":
-        return DiffusionFamily(cfg, gen)
-    assert disc is not None
-    return GanFamily(cfg, gen, disc)
