@@ -60,22 +60,11 @@ import time
 from pathlib import Path
 
 import _common
-from _common import format_table, median
+from _common import format_table, median, resolve_device
 
 DEFAULT_CONFIGS = "demo,demo-diffusion"
 #: Overrides for configs a phantom cohort cannot feed as they are (see the docstring).
 PHANTOM_TEXT = ["text.template=phantom", "text.encoder=features"]
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but torch sees no GPU; use --device cpu.")
-    return name
 
 
 def load_bench_config(name: str, device: str, overrides: list[str]):

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import _common
-from _common import format_table, median
+from _common import format_table, median, resolve_device
 
 FAMILIES: tuple[str, ...] = ("gan", "diffusion")
 #: Short fusion names (as in the config file names) -> ``model.fusion`` of those configs.
@@ -667,17 +667,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but torch sees no GPU; use --device cpu.")
-    return name
 
 
 def make_cases(args: argparse.Namespace, device: str) -> list[CaseSpec]:

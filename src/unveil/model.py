@@ -160,16 +160,9 @@ def load_model(
     path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
 ) -> LoadedModel:
     """Rebuild the generator of a checkpoint from the checkpoint alone."""
-    from unveil.runtime.checkpoint import latest_checkpoint, load_checkpoint
+    from unveil.runtime.checkpoint import load_checkpoint, resolve_checkpoint
 
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(
-                f"{path} holds no ckpt-*.pt files; give a checkpoint file or a training run folder."
-            )
-        path = found
+    path = resolve_checkpoint(path)
     ck = load_checkpoint(path)
     cfg = config_from_dict(ck["config"], source=f"checkpoint {path}")
     meta = ModelMeta.from_dict(ck.get("meta", {}), source=str(path))

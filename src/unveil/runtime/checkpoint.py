@@ -63,6 +63,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` itself, or for a training run folder its newest ``ckpt-*.pt``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(
+            f"{path} holds no ckpt-*.pt files; give a checkpoint file or a training run folder."
+        )
+    return latest
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -72,14 +85,7 @@ def load_checkpoint(
     too-new file, and for one that carries code (pickled functions or classes, which
     ``weights_only`` refuses to import: nothing in the file runs).
     """
-    path = Path(path)
-    if path.is_dir():
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointError(
-                f"{path} holds no ckpt-*.pt files; give a checkpoint file or a training run folder."
-            )
-        path = latest
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
     try:
