@@ -9,16 +9,22 @@ so the same patches are drawn and the run trains to the same weights.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from unveil.config import Config
+from unveil.data.cohort import Cohort, not_hu_sentence
+from unveil.data.preprocess import Preprocessor
+from unveil.data.splits import load_or_make_splits
+from unveil.data.stream import StreamedPrepared, VolumeCache, entry_key
 from unveil.errors import DataError
+from unveil.text.dropout import draw_dropout
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +79,6 @@ def load_training_data(
     HU window, so such an image would train on noise silently.  (A cached subject is
     judged by the range recorded when it was written.)
     """
-    from tqdm.auto import tqdm
-
-    from unveil.data.cohort import Cohort
-    from unveil.data.preprocess import Preprocessor
-    from unveil.data.splits import load_or_make_splits
-
     cohort = Cohort.open(cohort_root, cfg.data)
     splits = load_or_make_splits(
         split_file(cfg, cohort_root, run_dir), [s.id for s in cohort.subjects], cfg.split
@@ -87,57 +87,88 @@ def load_training_data(
         raise DataError(
             f"the split has no training subjects; raise split.fractions[0] or add subjects to {cohort_root}."
         )
-    pre = Preprocessor(cfg.preprocess, cfg.data)
-    rows = cohort.rows()
+    prep = _Preparer(
+        cfg, cohort, Preprocessor(cfg.preprocess, cfg.data), cohort.rows(), progress, allow_non_hu
+    )
+    if cfg.data.memory_budget_gb is None:
+        train = prep.load(splits["train"], "preprocess train")
+        val = prep.load(splits.get("val", [])[:1], "preprocess val")
+        return TrainingData(train, val, prep.pre.mask_channels, splits)
 
-    def load(which: list[str], desc: str) -> list[SubjectData]:
+    cache = VolumeCache(Path(run_dir) / DATA_CACHE)
+    train = _load_within_budget(prep, splits["train"], cache)
+    train = _small_ones_in_memory(train, cfg.preprocess.patch_size)
+    val = prep.load(splits.get("val", [])[:1], "preprocess val")
+    streamed = sum(isinstance(s.prepared, StreamedPrepared) for s in train)
+    if streamed:
+        log.info(
+            "%d of %d training subjects are read from %s (%d found there, %d written)",
+            streamed,
+            len(train),
+            cache.folder,
+            cache.hits,
+            cache.writes,
+        )
+    return TrainingData(
+        train, val, prep.pre.mask_channels, splits, streamed, cache.hits, cache.writes
+    )
+
+
+@dataclass
+class _Preparer:
+    """Reads subjects of a cohort (refusing values that are not HU) and preprocesses them."""
+
+    cfg: Config
+    cohort: Cohort
+    pre: Preprocessor
+    rows: Mapping[str, Mapping[str, Any]]
+    progress: bool
+    allow_non_hu: bool
+
+    def bar(self, ids: list[str], desc: str) -> Iterable[str]:
+        """``ids`` behind a progress bar (shown for 4 subjects or more)."""
+        return tqdm(ids, desc=desc, disable=not self.progress or len(ids) < 4, leave=False)
+
+    def read(self, sid: str) -> tuple[Any, Any]:
+        """The image and mask volumes of ``sid``, HU-checked unless ``allow_non_hu``."""
+        image, mask = self.cohort.load(sid)
+        if not self.allow_non_hu:
+            _refuse_non_hu(self.cohort[sid].image, image.array)
+        return image, mask
+
+    def load(self, ids: list[str], desc: str) -> list[SubjectData]:
+        """The subjects ``ids``, preprocessed and held in memory."""
         out = []
-        for sid in tqdm(which, desc=desc, disable=not progress or len(which) < 4, leave=False):
-            image, mask = cohort.load(sid)
-            if not allow_non_hu:
-                _refuse_non_hu(cohort[sid].image, image.array)
-            out.append(SubjectData(sid, pre.prepare(image, mask), rows[sid]))
+        for sid in self.bar(ids, desc):
+            image, mask = self.read(sid)
+            out.append(SubjectData(sid, self.pre.prepare(image, mask), self.rows[sid]))
         return out
 
-    if cfg.data.memory_budget_gb is None:
-        train = load(splits["train"], "preprocess train")
-        val = load(splits.get("val", [])[:1], "preprocess val")
-        return TrainingData(train, val, pre.mask_channels, splits)
+    def prepare_with_range(self, sid: str) -> tuple[Any, list[float] | None]:
+        """``sid`` preprocessed, and the value range of its source image (None when empty),
+        recorded with a cache entry so a later run can HU-check it without reading it."""
+        image, mask = self.read(sid)
+        a = image.array
+        source_range = None if a.size == 0 else [float(a.min()), float(a.max())]
+        return self.pre.prepare(image, mask), source_range
 
-    from unveil.data.stream import StreamedPrepared, VolumeCache, entry_key
 
+def _load_within_budget(prep: _Preparer, ids: list[str], cache: VolumeCache) -> list[SubjectData]:
+    """The training subjects under ``data.memory_budget_gb``: held in memory while their
+    preprocessed size fits it, else every one written to ``cache`` and streamed from it.
+    A subject already in the cache is streamed from it without being read again."""
+    cfg = prep.cfg
     budget = float(cfg.data.memory_budget_gb) * 2**30
-    cache = VolumeCache(Path(run_dir) / DATA_CACHE)
     held = 0  # bytes of the subjects kept in memory
     streaming = False
     ranges: dict[str, list[float] | None] = {}  # source HU range, recorded with an entry
     train: list[SubjectData] = []
-
-    def put(sid: str, prepared: Any) -> SubjectData:
-        subject = cohort[sid]
-        key = entry_key(cfg, subject.image, subject.mask)
-        entry = cache.put(key, prepared.image, prepared.mask, source_range=ranges[sid])
-        return SubjectData(sid, entry, rows[sid])
-
-    ids = splits["train"]
-    for sid in tqdm(
-        ids, desc="preprocess train", disable=not progress or len(ids) < 4, leave=False
-    ):
-        subject = cohort[sid]
-        found = cache.get(entry_key(cfg, subject.image, subject.mask))
+    for sid in prep.bar(ids, "preprocess train"):
+        found = _from_cache(prep, cache, sid)
         if found is not None:
-            entry, record = found
-            if not allow_non_hu and record.get("source_range"):
-                _refuse_non_hu_range(subject.image, *record["source_range"])
-            train.append(SubjectData(sid, entry, rows[sid]))
+            train.append(found)
             continue
-        image, mask = cohort.load(sid)
-        if not allow_non_hu:
-            _refuse_non_hu(subject.image, image.array)
-        a = image.array
-        ranges[sid] = None if a.size == 0 else [float(a.min()), float(a.max())]
-        prepared = pre.prepare(image, mask)
-        del image, mask, a
+        prepared, ranges[sid] = prep.prepare_with_range(sid)
         size = _nbytes(prepared)
         if not streaming and held + size > budget:
             streaming = True
@@ -149,37 +180,56 @@ def load_training_data(
             )
             # Spill what was held so far: nothing stays in memory once streaming.
             train = [
-                s if isinstance(s.prepared, StreamedPrepared) else put(s.id, s.prepared)
+                s
+                if isinstance(s.prepared, StreamedPrepared)
+                else _put(prep, cache, s.id, s.prepared, ranges[s.id])
                 for s in train
             ]
             held = 0
         if streaming:
-            train.append(put(sid, prepared))
+            train.append(_put(prep, cache, sid, prepared, ranges[sid]))
         else:
             held += size
-            train.append(SubjectData(sid, prepared, rows[sid]))
-    # PatchSampler pads a volume smaller than a patch along an axis, which needs it in
-    # memory: such (rare) subjects are read back whole.
-    patch = cfg.preprocess.patch_size
-    train = [
+            train.append(SubjectData(sid, prepared, prep.rows[sid]))
+    return train
+
+
+def _from_cache(prep: _Preparer, cache: VolumeCache, sid: str) -> SubjectData | None:
+    """``sid`` streamed from its cache entry (HU-checked by its recorded range), or None."""
+    subject = prep.cohort[sid]
+    found = cache.get(entry_key(prep.cfg, subject.image, subject.mask))
+    if found is None:
+        return None
+    entry, record = found
+    if not prep.allow_non_hu and record.get("source_range"):
+        _refuse_non_hu_range(subject.image, *record["source_range"])
+    return SubjectData(sid, entry, prep.rows[sid])
+
+
+def _put(
+    prep: _Preparer,
+    cache: VolumeCache,
+    sid: str,
+    prepared: Any,
+    source_range: list[float] | None,
+) -> SubjectData:
+    """Write ``sid``'s preprocessed volumes to the cache; the subject streamed from there."""
+    subject = prep.cohort[sid]
+    key = entry_key(prep.cfg, subject.image, subject.mask)
+    entry = cache.put(key, prepared.image, prepared.mask, source_range=source_range)
+    return SubjectData(sid, entry, prep.rows[sid])
+
+
+def _small_ones_in_memory(train: list[SubjectData], patch: Any) -> list[SubjectData]:
+    """PatchSampler pads a volume smaller than a patch along an axis, which needs it in
+    memory: such (rare) streamed subjects are read back whole."""
+    return [
         SubjectData(s.id, s.prepared.in_memory(), s.row)
         if isinstance(s.prepared, StreamedPrepared)
         and any(d < q for d, q in zip(s.prepared.shape, patch, strict=True))
         else s
         for s in train
     ]
-    val = load(splits.get("val", [])[:1], "preprocess val")
-    streamed = sum(isinstance(s.prepared, StreamedPrepared) for s in train)
-    if streamed:
-        log.info(
-            "%d of %d training subjects are read from %s (%d found there, %d written)",
-            streamed,
-            len(train),
-            cache.folder,
-            cache.hits,
-            cache.writes,
-        )
-    return TrainingData(train, val, pre.mask_channels, splits, streamed, cache.hits, cache.writes)
 
 
 def _nbytes(prepared: Any) -> int:
@@ -199,8 +249,6 @@ def _refuse_non_hu_range(path: Path, low: float, high: float) -> None:
 def _refuse_non_hu(path: Path, array: np.ndarray) -> None:
     """Raise :class:`DataError` when ``array`` (finite: :meth:`Cohort.load` checked it) does
     not look like HU, with the sentence ``unveil check`` warns with plus the way out."""
-    from unveil.data.cohort import not_hu_sentence
-
     if array.size == 0:
         return
     msg = not_hu_sentence(path, float(array.min()), float(array.max()))
@@ -219,9 +267,6 @@ def split_file(cfg: Config, cohort_root: str | Path, run_dir: Path) -> Path:
 
 def ensure_splits(cfg: Config, cohort_root: str | Path, run_dir: Path) -> dict[str, list[str]]:
     """Make (or check) the split file; called by rank 0 alone before the others read it."""
-    from unveil.data.cohort import Cohort
-    from unveil.data.splits import load_or_make_splits
-
     cohort = Cohort.open(cohort_root, cfg.data)
     return load_or_make_splits(
         split_file(cfg, cohort_root, run_dir), [s.id for s in cohort.subjects], cfg.split
@@ -246,8 +291,6 @@ class PromptSampler:
         self.full = [template.render(r) for r in rows]
 
     def draw(self, indices: list[int], rng: np.random.Generator) -> tuple[list[str], torch.Tensor]:
-        from unveil.text.dropout import draw_dropout
-
         texts, null = [], []
         for i in indices:
             dropped, is_null = draw_dropout(self.template, self.field_p, self.prompt_p, rng)
