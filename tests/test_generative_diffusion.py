@@ -19,7 +19,13 @@ from torch import nn
 from unveil.conditioning import TextCondition
 from unveil.config import DiffusionConfig
 from unveil.errors import ConfigError
-from unveil.generative.diffusion import DiffusionProcess, conditional_dropout, null_condition
+from unveil.generative.diffusion import (
+    DenoisingProcess,
+    DiffusionProcess,
+    conditional_dropout,
+    null_condition,
+)
+from unveil.generative.rflow import RFlowProcess
 
 SHAPE = (2, 1, 8, 8, 8)
 MU, SD = 0.1, 0.25
@@ -76,7 +82,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------ analytic denoisers
 
 
-def point_denoiser(proc: DiffusionProcess, c: torch.Tensor):
+def point_denoiser(proc: DenoisingProcess, c: torch.Tensor):
     """Optimal prediction when the data set is the single image ``c``."""
     if proc.cfg.process == "rflow":
         t_max = proc.num_timesteps
@@ -100,7 +106,7 @@ def point_denoiser(proc: DiffusionProcess, c: torch.Tensor):
     return pred
 
 
-def gaussian_denoiser(proc: DiffusionProcess, mu: float = MU, s: float = SD):
+def gaussian_denoiser(proc: DenoisingProcess, mu: float = MU, s: float = SD):
     """Optimal prediction for i.i.d. ``N(mu, s^2)`` voxels (posterior mean is linear)."""
     if proc.cfg.process == "rflow":
         t_max = proc.num_timesteps
@@ -127,7 +133,7 @@ def gaussian_denoiser(proc: DiffusionProcess, mu: float = MU, s: float = SD):
     return pred
 
 
-def gaussian_flow_end(proc: DiffusionProcess, x0: torch.Tensor, mu: float = MU, s: float = SD):
+def gaussian_flow_end(proc: DenoisingProcess, x0: torch.Tensor, mu: float = MU, s: float = SD):
     """Closed-form end point of the probability-flow ODE started at ``x0``."""
     z = (x0 - mu) / s
     if proc.cfg.process == "rflow":
@@ -148,6 +154,11 @@ DDPM_CFGS = [
 RFLOW_CFG = DiffusionConfig(process="rflow", sampler="rflow")
 
 
+def _process(cfg: DiffusionConfig) -> DenoisingProcess:
+    """The process of the family that trains with ``cfg.process`` (rflow: the rflow family)."""
+    return RFlowProcess(cfg) if cfg.process == "rflow" else DiffusionProcess(cfg)
+
+
 # ------------------------------------------------------------------ training loss
 
 
@@ -155,7 +166,7 @@ RFLOW_CFG = DiffusionConfig(process="rflow", sampler="rflow")
 def test_training_loss_reproducible_and_differentiable(cfg):
     torch.manual_seed(0)
     net = TinyNet()
-    proc = DiffusionProcess(cfg)
+    proc = _process(cfg)
     x0 = torch.rand(SHAPE) * 2 - 1
     mask, cond = _mask(), _cond()
     cond.null = torch.tensor([True, False])  # both the text and the null embedding train
@@ -219,7 +230,7 @@ def test_ddpm_targets_match_closed_form(prediction):
 
 
 def test_rflow_target_is_velocity():
-    proc = DiffusionProcess(RFLOW_CFG)
+    proc = RFlowProcess(RFLOW_CFG)
     g = _gen(2)
     x0 = torch.rand(SHAPE, generator=g) * 2 - 1
     noise = torch.randn(SHAPE, generator=g)
@@ -321,7 +332,7 @@ def test_ddim_and_ddpm_return_the_single_data_point(cfg, steps):
 
 @pytest.mark.parametrize("steps", [10, 50])
 def test_rflow_returns_the_single_data_point(steps):
-    proc = DiffusionProcess(RFLOW_CFG)
+    proc = RFlowProcess(RFLOW_CFG)
     c = torch.rand(SHAPE, generator=_gen(11), dtype=torch.float64) * 1.8 - 0.9
     noise = torch.randn(SHAPE, generator=_gen(12), dtype=torch.float64)
     out = proc.sample(point_denoiser(proc, c), noise, steps=steps)
@@ -331,7 +342,7 @@ def test_rflow_returns_the_single_data_point(steps):
 @pytest.mark.parametrize("cfg", [*DDPM_CFGS, RFLOW_CFG])
 def test_deterministic_samplers_solve_the_gaussian_flow(cfg):
     """Started at the exact ODE end point, the sampler must return x0; first-order error."""
-    proc = DiffusionProcess(cfg)
+    proc = _process(cfg)
     x0 = _x0()
     xt = gaussian_flow_end(proc, x0)
     den = gaussian_denoiser(proc)
@@ -342,7 +353,7 @@ def test_deterministic_samplers_solve_the_gaussian_flow(cfg):
 
 @pytest.mark.parametrize("cfg", [*DDPM_CFGS, RFLOW_CFG])
 def test_inversion_round_trip(cfg):
-    proc = DiffusionProcess(cfg)
+    proc = _process(cfg)
     x0 = _x0()
     den = gaussian_denoiser(proc)
     xt = proc.invert(den, x0, steps=300)
@@ -386,6 +397,13 @@ def test_bad_sampler_settings_are_one_sentence_errors():
         proc.sample(den, noise, sampler="rflow")
     with pytest.raises(ConfigError, match="schedule"):
         DiffusionProcess(DiffusionConfig(schedule="nonsense"))
+    # Each process runs its own diffusion.process only (rflow is the rflow family's).
+    with pytest.raises(ConfigError, match="RFlowProcess|family_for"):
+        DiffusionProcess(RFLOW_CFG)
+    with pytest.raises(ConfigError, match="family_for"):
+        RFlowProcess(DiffusionConfig())
+    with pytest.raises(ConfigError, match="cannot sample"):
+        RFlowProcess(RFLOW_CFG).sample(den, noise, sampler="ddim")
 
 
 # ------------------------------------------------------------------ zero terminal SNR

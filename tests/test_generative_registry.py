@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "unveil"
 
 
 def test_registry_lists_gan_and_diffusion() -> None:
-    assert {"gan", "diffusion"} <= set(family_names())
+    assert {"gan", "diffusion", "rflow"} <= set(family_names())
     assert set(FAMILIES) == set(SPECS)
     assert isinstance(FAMILIES["gan"], GanFamily)
     assert isinstance(FAMILIES["diffusion"], DiffusionFamily)
@@ -44,18 +44,23 @@ def test_flags_match_the_roles_of_the_families() -> None:
     assert diff.iterative and not gan.iterative
 
 
-def test_process_objects_and_rflow_variant() -> None:
+def test_process_objects_and_rflow_family() -> None:
+    from unveil.generative.rflow import RFlowFamily, RFlowProcess
+
     cfg = Config()
     assert family_for(cfg) is FAMILIES["diffusion"]
     assert isinstance(family_for(cfg).process(cfg), DiffusionProcess)
+    assert family_for(cfg).variant(cfg) == "ddpm"
     gan_cfg = load_config(overrides=["model.family=gan"])
     assert isinstance(family_for(gan_cfg).process(gan_cfg), GanProcess)
-    # Rectified flow is the diffusion family with diffusion.process rflow.
+    # Rectified flow is a family of its own; its older spelling (the diffusion family with
+    # diffusion.process rflow) is read as that family.
     rf = load_config(overrides=["diffusion.process=rflow", "diffusion.sampler=rflow"])
+    assert rf.model.family == "rflow"
     fam = family_for(rf)
-    assert fam is FAMILIES["diffusion"] and fam.variant(rf) == "rflow"
-    assert fam.process(rf).cfg.process == "rflow"
-    assert fam.describe(rf).startswith("rflow,")
+    assert fam is FAMILIES["rflow"] and isinstance(fam, RFlowFamily) and fam.variant(rf) == "rflow"
+    assert isinstance(fam.process(rf), RFlowProcess) and fam.process(rf).cfg.process == "rflow"
+    assert fam.describe(rf).startswith("velocity,")
     assert "L1" in family_for(gan_cfg).describe(gan_cfg)
 
 
@@ -162,6 +167,7 @@ def test_no_module_outside_the_registry_compares_the_family_to_a_name() -> None:
     ("family", "keys"),
     [
         ("diffusion", {"generator", "scaler"}),
+        ("rflow", {"generator", "scaler"}),
         ("gan", {"generator", "discriminator", "scaler_g", "scaler_d"}),
     ],
 )

@@ -17,8 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unveil.errors import ConfigError
+from unveil.family_registry import DEFAULT_FAMILY
 from unveil.family_registry import SPECS as FAMILY_SPECS
 from unveil.family_registry import family_spec as _family_spec
+from unveil.family_registry import upgrade_config_tree as _upgrade_family_config
 from unveil.fusion_registry import FUSIONS, fusion_spec
 
 
@@ -169,10 +171,10 @@ FamilyName = str
 
 
 class ModelConfig(Section):
-    """The conditional 3D UNet shared by both families."""
+    """The conditional 3D UNet shared by every family."""
 
     family: FamilyName = Field(
-        default="diffusion",
+        default=DEFAULT_FAMILY,
         description="the generator family: a name of unveil.family_registry.SPECS",
     )
     channels: tuple[int, ...] = (32, 64, 128)
@@ -189,7 +191,9 @@ class ModelConfig(Section):
     noise_input: bool = Field(default=False, description="GAN: add a noise channel to the input")
     out_activation: Literal["auto", "tanh", "linear"] = Field(
         default="auto",
-        description="output of the network: auto is tanh for the GAN, linear for diffusion",
+        description=(
+            "output of the network: auto is tanh for the GAN, linear for diffusion and rflow"
+        ),
     )
     effect_knots: int = Field(
         default=0,
@@ -273,9 +277,16 @@ class GanConfig(Section):
 
 
 class DiffusionConfig(Section):
+    """The ``diffusion`` and ``rflow`` families' settings (``rflow`` ignores the schedule,
+    ``prediction`` and ``zero_terminal_snr``: it always predicts the velocity)."""
+
     process: Literal["ddpm", "rflow"] = Field(
         default="ddpm",
-        description="training noise process: DDPM (sample with ddim/ddpm) or rectified flow",
+        description=(
+            "training noise process: ddpm (model.family diffusion, sampled with ddim/ddpm) "
+            "or rflow (model.family rflow, filled in for it); model.family diffusion with "
+            "process rflow is read as model.family rflow"
+        ),
     )
     timesteps: int = Field(default=1000, ge=2)
     schedule: str = "scaled_linear_beta"
@@ -355,6 +366,13 @@ class Config(Section):
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_upgrades(cls, data: Any) -> Any:
+        # The registry's rewrites of the raw tree (a family's own defaults, an older
+        # spelling of a family: model.family diffusion with diffusion.process rflow is rflow).
+        return _upgrade_family_config(data)
 
     @model_validator(mode="after")
     def _effect_head_inputs(self) -> Config:

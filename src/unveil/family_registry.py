@@ -15,9 +15,18 @@ The behaviour that needs torch (the process object, whole-volume sampling, inver
 :mod:`unveil.fusion_registry` does for its modules.  A callable is accepted too, for a
 family registered at run time (a test, a plug-in).
 
-The diffusion family has two training processes, DDPM/DDIM and rectified flow, chosen by
-``diffusion.process``; they are one family (one config section, one process class, the
-same record name ``diffusion``), not two entries: see :mod:`unveil.generative.registry`.
+Three families are built in: ``gan``, ``diffusion`` (DDPM/DDIM) and ``rflow`` (rectified
+flow).  ``rflow`` is an entry of its own: its behaviour class and process are in
+:mod:`unveil.generative.rflow`; it shares the ``diffusion`` config section with the
+diffusion family (timesteps, guidance, sampling steps, loss, learning rate), so it needs no
+section of its own.
+
+A spec may also rewrite the raw config before validation (``config_upgrades``, run by
+:func:`upgrade_config_tree`): the ``rflow`` entry fills its own ``diffusion.process`` and
+``diffusion.sampler`` when a config leaves them out, and reads the older spelling of
+rectified flow, ``model.family: diffusion`` with ``diffusion.process: rflow`` (configs and
+checkpoints written before ``rflow`` was a family), as ``model.family: rflow``: the same
+process, the same weights, the same numbers.
 """
 
 from __future__ import annotations
@@ -32,6 +41,16 @@ Factory = str | Callable[..., Any]
 #: ``check(cfg) -> None``: raise ``ValueError`` (one sentence naming config keys) when the
 #: whole config does not suit the family.  Run by :class:`unveil.config.Config`'s validation.
 ConfigCheck = Callable[[Any], None]
+
+#: ``upgrade(tree) -> tree``: rewrite the raw config (the mapping of sections read from a
+#: YAML file or a checkpoint, before validation) into the form this family expects: fill
+#: the family's own defaults, or map an older spelling of the family to it.  It returns a
+#: new mapping (never edits ``tree``), or ``tree`` itself when it has nothing to do.  Run on
+#: every config by :func:`upgrade_config_tree`, whatever its family.
+ConfigUpgrade = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: ``model.family`` when a config does not set it.
+DEFAULT_FAMILY = "diffusion"
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,8 @@ class FamilySpec:
         iterative: sampling takes steps and a guidance scale (``--steps``,
             ``--guidance-scale`` apply); False: one network pass.
         config_checks: family-specific checks of the whole config (see :data:`ConfigCheck`).
+        config_upgrades: rewrites of the raw config before validation (see
+            :data:`ConfigUpgrade`).
     """
 
     name: str
@@ -67,6 +88,7 @@ class FamilySpec:
     supports_inversion: bool = False
     iterative: bool = False
     config_checks: tuple[ConfigCheck, ...] = field(default=())
+    config_upgrades: tuple[ConfigUpgrade, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -128,6 +150,18 @@ def family_spec(name: str) -> FamilySpec:
     return spec
 
 
+def upgrade_config_tree(tree: Any) -> Any:
+    """``tree`` (a raw config mapping) after the ``config_upgrades`` of every registered
+    family, in registry order; anything but a mapping is returned as it is (validation
+    refuses it)."""
+    if not isinstance(tree, dict):
+        return tree
+    for spec in SPECS.values():
+        for upgrade in spec.config_upgrades:
+            tree = upgrade(tree)
+    return tree
+
+
 def _effect_head_needs_image_output(cfg: Any) -> None:
     # The effect head adds a density shift to the network's output: an image only when
     # the denoiser predicts the clean sample.
@@ -135,6 +169,55 @@ def _effect_head_needs_image_output(cfg: Any) -> None:
         raise ValueError(
             "model.effect_knots adds a density shift to the network's output, which is an "
             "image only with diffusion.prediction sample; set it, or model.effect_knots: 0"
+        )
+
+
+def _section_value(section: Any, key: str, default: Any = None) -> Any:
+    """``section[key]`` of a raw section (a dict) or its attribute (a section object)."""
+    if isinstance(section, dict):
+        return section.get(key, default)
+    return getattr(section, key, default)
+
+
+def _rflow_config_upgrade(tree: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``diffusion.process`` / ``diffusion.sampler`` of a ``model.family: rflow`` config
+    (``rflow`` both) when it leaves them out, and read ``model.family: diffusion`` with
+    ``diffusion.process: rflow`` (rectified flow before it was a family) as ``rflow``."""
+    model, diff = tree.get("model"), tree.get("diffusion")
+    if model is not None and not isinstance(model, dict) and not hasattr(model, "family"):
+        return tree  # not a section: validation refuses it
+    family = DEFAULT_FAMILY if model is None else _section_value(model, "family", DEFAULT_FAMILY)
+    if family == "rflow":
+        if diff is None or isinstance(diff, dict):
+            filled = {"process": "rflow", **(diff or {})}
+            if filled["process"] == "rflow":  # another process is refused by the checks
+                filled = {"sampler": "rflow", **filled}
+            if filled != diff:
+                tree = {**tree, "diffusion": filled}
+        return tree
+    if family == DEFAULT_FAMILY and _section_value(diff, "process") == "rflow":
+        if model is None or isinstance(model, dict):
+            new_model: Any = {**(model or {}), "family": "rflow"}
+        else:
+            new_model = model.model_copy(update={"family": "rflow"})
+        tree = {**tree, "model": new_model}
+    return tree
+
+
+def _diffusion_process_is_ddpm(cfg: Any) -> None:
+    if cfg.diffusion.process != "ddpm":
+        raise ValueError(
+            f"diffusion.process '{cfg.diffusion.process}' is not a process of model.family "
+            "diffusion; use model.family rflow for rectified flow"
+        )
+
+
+def _rflow_process_is_rflow(cfg: Any) -> None:
+    if cfg.diffusion.process != "rflow":
+        raise ValueError(
+            f"model.family rflow trains rectified flow, not diffusion.process "
+            f"'{cfg.diffusion.process}'; leave diffusion.process out (or set it to rflow), "
+            "or use model.family diffusion for DDPM"
         )
 
 
@@ -151,14 +234,26 @@ for _spec in (
     ),
     FamilySpec(
         "diffusion",
-        "denoising diffusion (DDPM/DDIM) or rectified flow (diffusion.process), "
-        "classifier-free guidance",
+        "denoising diffusion (DDPM, sampled with DDIM or DDPM), classifier-free guidance",
         behaviour=f"{_GENERATIVE}:DiffusionFamily",
         time_conditioned=True,
         output_activation_default="linear",
         supports_inversion=True,
         iterative=True,
-        config_checks=(_effect_head_needs_image_output,),
+        config_checks=(_effect_head_needs_image_output, _diffusion_process_is_ddpm),
+    ),
+    FamilySpec(
+        "rflow",
+        "rectified flow (a learned velocity, Euler steps), classifier-free guidance",
+        behaviour="unveil.generative.rflow:RFlowFamily",
+        time_conditioned=True,
+        output_activation_default="linear",
+        supports_inversion=True,
+        iterative=True,
+        # The effect-head check is the one rectified flow had as a diffusion process: a
+        # config that loaded then still loads.
+        config_checks=(_effect_head_needs_image_output, _rflow_process_is_rflow),
+        config_upgrades=(_rflow_config_upgrade,),
     ),
 ):
     register_family_spec(_spec)

@@ -2,38 +2,37 @@
 
 After OpenAI guided-diffusion and diffusers, the process is a plain object that takes the
 network as an argument; it owns no weights.  The noise schedules, ``add_noise`` and the
-per-step updates are MONAI's (``DDPMScheduler``, ``DDIMScheduler``, ``RFlowScheduler``).
+per-step updates are MONAI's (``DDPMScheduler``, ``DDIMScheduler``).
 
-Two training processes (``diffusion.process``):
+:class:`DenoisingProcess` is what the iterative families share: the denoising loss, the
+classifier-free guided denoiser (:meth:`DenoisingProcess.model_fn`), the number of
+sampling steps and the sampler check.  :class:`DiffusionProcess` is the ``diffusion``
+family's process (``diffusion.process: ddpm``):
 
-* ``ddpm``: ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` with ``a_t = alphas_cumprod[t]``,
-  integer ``t`` in ``[0, T)``, by default on the zero-terminal-SNR rescaling of the schedule
-  (:func:`_rescale_zero_terminal_snr`); the network predicts ``x0`` (``sample``), ``eps`` (``epsilon``) or
-  ``v = sqrt(a_t) eps - sqrt(1 - a_t) x0`` (``v_prediction``).  Sampled with DDIM
-  (deterministic for ``eta = 0``) or ancestral DDPM in any number of steps.
-* ``rflow``: rectified flow, ``x_t = (1 - t/T) x0 + (t/T) eps`` with real ``t`` in
-  ``[0, T]``; the network predicts the velocity ``x0 - eps`` (MONAI's sign convention: the
-  sampler moves from ``t = T`` to ``t = 0`` by ``x += v dt``).  Sampled with Euler steps.
+* ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` with ``a_t = alphas_cumprod[t]``, integer
+  ``t`` in ``[0, T)``, by default on the zero-terminal-SNR rescaling of the schedule
+  (:func:`_rescale_zero_terminal_snr`); the network predicts ``x0`` (``sample``), ``eps``
+  (``epsilon``) or ``v = sqrt(a_t) eps - sqrt(1 - a_t) x0`` (``v_prediction``).  Sampled
+  with DDIM (deterministic for ``eta = 0``) or ancestral DDPM in any number of steps.
+
+Rectified flow (the ``rflow`` family) is the other subclass of :class:`DenoisingProcess`:
+:class:`unveil.generative.rflow.RFlowProcess`.
 
 Every sampler starts from a ``noise`` tensor given by the caller, so counterfactual pairs
 share their noise by construction; stochastic samplers draw their per-step noise from an
 injected ``torch.Generator``.  A sampler sees the network only through a callable
-``denoise(x_t, t) -> prediction`` (see :meth:`DiffusionProcess.model_fn`), which is what
+``denoise(x_t, t) -> prediction`` (see :meth:`DenoisingProcess.model_fn`), which is what
 whole-volume sliding-window inference wraps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from monai.networks.schedulers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    NoiseSchedules,
-    RFlowScheduler,
-)
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -129,72 +128,63 @@ def _unit_times(
     return values.to(device=like.device, dtype=dtype).reshape(1).expand(batch).contiguous()
 
 
-class DiffusionProcess:
-    """Training loss, classifier-free guided denoiser, DDIM/DDPM/RFlow samplers, inversion.
+#: Every sampler name ``diffusion.sampler`` accepts, over all the processes.
+SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "rflow")
+
+
+class DenoisingProcess:
+    """What the iterative processes share: the denoising loss, the classifier-free guided
+    denoiser, the number of sampling steps and the sampler check.
+
+    A subclass runs one ``diffusion.process`` (:attr:`process_name`), sampled by the
+    samplers in :attr:`samplers`, and defines the forward process (``self.scheduler``,
+    whose ``add_noise`` is :meth:`q_sample`; :meth:`sample_timesteps`;
+    :meth:`training_target`), :meth:`sample` and :meth:`invert`.
 
     Args:
-        cfg: the ``diffusion`` config section (process, timesteps, schedule, prediction,
-            loss, sampler, eta, sample_steps, guidance_scale).
-        clip_denoised: clip the predicted ``x0`` to ``[-1, 1]`` inside DDIM/DDPM steps, as
-            guided-diffusion does; right for images that live in ``[-1, 1]`` (an HU window).
+        cfg: the ``diffusion`` config section (process, timesteps, prediction, loss,
+            sampler, eta, sample_steps, guidance_scale, ...).
+        clip_denoised: clip the predicted ``x0`` to ``[-1, 1]`` inside the sampler steps
+            that predict it, as guided-diffusion does; right for images that live in
+            ``[-1, 1]`` (an HU window).
 
     The network is always an argument: ``model(x_t (B, C, D, H, W), mask (B, M, D, H, W),
-    t (B,), cond) -> (B, C, D, H, W)``, with ``t`` integer (``long``) for ``ddpm`` and real
-    (``float32``, in ``[0, T]``) for ``rflow``.
+    t (B,), cond) -> (B, C, D, H, W)``.
     """
 
+    #: The ``diffusion.process`` this class runs.
+    process_name: ClassVar[str] = ""
+    #: The ``diffusion.sampler`` values that sample it.
+    samplers: ClassVar[tuple[str, ...]] = ()
+    scheduler: Any
+
     def __init__(self, cfg: DiffusionConfig, clip_denoised: bool = True) -> None:
+        if cfg.process != self.process_name:
+            raise ConfigError(
+                f"diffusion.process '{cfg.process}' is not the process {type(self).__name__} "
+                f"runs ('{self.process_name}'); build the process of a config with "
+                "unveil.generative.registry.family_for(cfg).process(cfg)."
+            )
         self.cfg = cfg
         self.clip_denoised = clip_denoised
         self.num_timesteps = int(cfg.timesteps)
-        self.scheduler: DDPMScheduler | RFlowScheduler
-        if cfg.process == "ddpm":
-            if cfg.schedule not in NoiseSchedules.names:
-                raise ConfigError(
-                    f"diffusion.schedule '{cfg.schedule}' is not a known noise schedule; use one "
-                    f"of: {', '.join(NoiseSchedules.names)}."
-                )
-            self.scheduler = DDPMScheduler(
-                num_train_timesteps=self.num_timesteps,
-                schedule=cfg.schedule,
-                prediction_type=cfg.prediction,
-                clip_sample=clip_denoised,
-            )
-            if cfg.zero_terminal_snr:
-                _rescale_zero_terminal_snr(self.scheduler)
-            # A private float64 copy: MONAI's add_noise casts the scheduler's own table to
-            # the dtype of whatever it last saw (bf16 under AMP), which must not leak into
-            # the samplers.
-            self._alphas_cumprod = self.scheduler.alphas_cumprod.detach().to(torch.float64).clone()
-        else:
-            self.scheduler = RFlowScheduler(
-                num_train_timesteps=self.num_timesteps, use_discrete_timesteps=True
-            )
-            self._alphas_cumprod = None
 
     # ------------------------------------------------------------------ forward process
 
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        """``(T,)`` float64 cumulative product of alphas (``ddpm`` only)."""
-        if self._alphas_cumprod is None:
-            raise ValueError("alphas_cumprod exists only for diffusion.process ddpm.")
-        return self._alphas_cumprod
+    def _uniform_times(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """``(B,)`` float64 uniform reals in ``[0, T)``, on the generator's device.
+
+        Drawn here rather than with a scheduler's ``sample_timesteps`` because MONAI's use
+        the global RNG, and all randomness must come from the injected generator.
+        """
+        u = torch.rand((batch,), generator=generator, device=generator.device, dtype=torch.float64)
+        return u * self.num_timesteps
 
     def sample_timesteps(
         self, batch: int, generator: torch.Generator, like: torch.Tensor
     ) -> torch.Tensor:
-        """Training timesteps ``(B,)`` on ``like``'s device: uniform integers in ``[0, T)``
-        for ``ddpm``, uniform reals in ``[0, T)`` for ``rflow``.
-
-        Drawn here rather than with ``RFlowScheduler.sample_timesteps`` because that one
-        uses the global RNG, and all randomness must come from the injected generator.
-        """
-        u = torch.rand((batch,), generator=generator, device=generator.device, dtype=torch.float64)
-        t = u * self.num_timesteps
-        if self.cfg.process == "ddpm":
-            return t.long().clamp_(max=self.num_timesteps - 1).to(like.device)
-        return t.to(device=like.device, dtype=torch.float32)
+        """Training timesteps ``(B,)`` on ``like``'s device, drawn from ``generator``."""
+        raise NotImplementedError
 
     def q_sample(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noise ``x0 (B, C, D, H, W)`` to level ``t (B,)`` with ``noise`` of the same shape."""
@@ -203,15 +193,8 @@ class DiffusionProcess:
     def training_target(
         self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
-        """What the network must predict at ``(x_t, t)``: ``eps``, ``v``, or the velocity
-        ``x0 - eps`` (``rflow``); shape of ``x0``."""
-        if self.cfg.process == "rflow":
-            return x0 - noise
-        if self.cfg.prediction == "v_prediction":
-            return self.scheduler.get_velocity(sample=x0, noise=noise, timesteps=t)
-        if self.cfg.prediction == "sample":
-            return x0
-        return noise
+        """What the network must predict at ``(x_t, t)``; shape of ``x0``."""
+        raise NotImplementedError
 
     def training_loss(
         self,
@@ -314,6 +297,100 @@ class DiffusionProcess:
             )
         return n
 
+    def _check_sampler(self, sampler: str) -> None:
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"diffusion.sampler '{sampler}' is unknown; use ddim, ddpm or rflow.")
+        if sampler not in self.samplers:
+            raise ConfigError(
+                f"diffusion.sampler '{sampler}' cannot sample a model trained with "
+                f"diffusion.process '{self.cfg.process}'; use rflow with rflow, ddim or ddpm "
+                "with ddpm."
+            )
+
+    def sample(
+        self,
+        denoise: Denoiser,
+        noise: torch.Tensor,
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Generate ``x0`` ``(B, C, D, H, W)`` in ``[-1, 1]`` from the given starting ``noise``
+        (see :meth:`DiffusionProcess.sample` for the arguments)."""
+        raise NotImplementedError
+
+    def invert(
+        self, denoise: Denoiser, x0: torch.Tensor, steps: int | None = None, progress: bool = False
+    ) -> torch.Tensor:
+        """The starting noise that the deterministic sampler maps to ``x0``."""
+        raise NotImplementedError
+
+
+class DiffusionProcess(DenoisingProcess):
+    """DDPM training, DDIM/DDPM samplers, DDIM inversion (``diffusion.process: ddpm``).
+
+    Args:
+        cfg: the ``diffusion`` config section (process ``ddpm``, timesteps, schedule,
+            prediction, loss, sampler, eta, sample_steps, guidance_scale).
+        clip_denoised: clip the predicted ``x0`` to ``[-1, 1]`` inside DDIM/DDPM steps, as
+            guided-diffusion does; right for images that live in ``[-1, 1]`` (an HU window).
+
+    The network's ``t`` is integer (``long``), in ``[0, T)``.
+    """
+
+    process_name = "ddpm"
+    samplers = ("ddim", "ddpm")
+    scheduler: DDPMScheduler
+
+    def __init__(self, cfg: DiffusionConfig, clip_denoised: bool = True) -> None:
+        super().__init__(cfg, clip_denoised)
+        if cfg.schedule not in NoiseSchedules.names:
+            raise ConfigError(
+                f"diffusion.schedule '{cfg.schedule}' is not a known noise schedule; use one "
+                f"of: {', '.join(NoiseSchedules.names)}."
+            )
+        self.scheduler = DDPMScheduler(
+            num_train_timesteps=self.num_timesteps,
+            schedule=cfg.schedule,
+            prediction_type=cfg.prediction,
+            clip_sample=clip_denoised,
+        )
+        if cfg.zero_terminal_snr:
+            _rescale_zero_terminal_snr(self.scheduler)
+        # A private float64 copy: MONAI's add_noise casts the scheduler's own table to
+        # the dtype of whatever it last saw (bf16 under AMP), which must not leak into
+        # the samplers.
+        self._alphas_cumprod = self.scheduler.alphas_cumprod.detach().to(torch.float64).clone()
+
+    # ------------------------------------------------------------------ forward process
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``(T,)`` float64 cumulative product of alphas."""
+        return self._alphas_cumprod
+
+    def sample_timesteps(
+        self, batch: int, generator: torch.Generator, like: torch.Tensor
+    ) -> torch.Tensor:
+        """Training timesteps ``(B,)`` on ``like``'s device: uniform integers in ``[0, T)``."""
+        t = self._uniform_times(batch, generator)
+        return t.long().clamp_(max=self.num_timesteps - 1).to(like.device)
+
+    def training_target(
+        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """What the network must predict at ``(x_t, t)``: ``x0``, ``eps`` or ``v``
+        (``diffusion.prediction``); shape of ``x0``."""
+        if self.cfg.prediction == "v_prediction":
+            return self.scheduler.get_velocity(sample=x0, noise=noise, timesteps=t)
+        if self.cfg.prediction == "sample":
+            return x0
+        return noise
+
+    # ------------------------------------------------------------------ samplers
+
     def _respaced(
         self, kind: str, steps: int
     ) -> tuple[DDIMScheduler | DDPMScheduler, torch.Tensor]:
@@ -349,16 +426,6 @@ class DiffusionProcess:
         sch.betas = (1.0 - alphas).float()
         return sch, ts
 
-    def _check_sampler(self, sampler: str) -> None:
-        if sampler not in ("ddim", "ddpm", "rflow"):
-            raise ConfigError(f"diffusion.sampler '{sampler}' is unknown; use ddim, ddpm or rflow.")
-        if (self.cfg.process == "rflow") != (sampler == "rflow"):
-            raise ConfigError(
-                f"diffusion.sampler '{sampler}' cannot sample a model trained with "
-                f"diffusion.process '{self.cfg.process}'; use rflow with rflow, ddim or ddpm "
-                "with ddpm."
-            )
-
     @torch.no_grad()
     def sample(
         self,
@@ -377,7 +444,7 @@ class DiffusionProcess:
                 window wrapper of it).
             noise: the starting point ``x_T`` ``(B, C, D, H, W)``, standard normal; never
                 drawn here, so two calls with the same ``noise`` share it exactly.
-            sampler: ``ddim``, ``ddpm`` or ``rflow`` (default ``diffusion.sampler``).
+            sampler: ``ddim`` or ``ddpm`` (default ``diffusion.sampler``).
             steps: number of network evaluations (default ``diffusion.sample_steps``).
             eta: DDIM stochasticity (default ``diffusion.eta``; 0 is deterministic).
             generator: source of the per-step noise of DDPM and of DDIM with ``eta > 0``;
@@ -393,15 +460,6 @@ class DiffusionProcess:
         eta = float(self.cfg.eta if eta is None else eta)
         batch = noise.shape[0]
         x = noise
-        if sampler == "rflow":
-            sch = self._rflow_scheduler(n)
-            grid = torch.cat([sch.timesteps.long().cpu(), torch.zeros(1, dtype=torch.long)])
-            for i in tqdm(range(n), disable=not progress, desc="rflow", leave=False):
-                t, t_next = int(grid[i]), int(grid[i + 1])
-                out = denoise(x, _unit_times(grid[i], batch, x, torch.float32))
-                x, _ = sch.step(out, t, x, t_next)
-            return x.clamp(-1.0, 1.0)
-
         stochastic = sampler == "ddpm" or eta > 0
         if stochastic and generator is None:
             raise ValueError(
@@ -417,24 +475,16 @@ class DiffusionProcess:
                 x, _ = sch.step(out, k, x, generator=generator)
         return x.clamp(-1.0, 1.0)
 
-    def _rflow_scheduler(self, steps: int) -> RFlowScheduler:
-        # Integer levels T, T - T/n, ..., then 0: MONAI's RFlow step casts the next level
-        # to int, so only an integer grid makes the step sizes add up to exactly 1.
-        sch = RFlowScheduler(num_train_timesteps=self.num_timesteps, use_discrete_timesteps=True)
-        sch.set_timesteps(steps)
-        return sch
-
     @torch.no_grad()
     def invert(
         self, denoise: Denoiser, x0: torch.Tensor, steps: int | None = None, progress: bool = False
     ) -> torch.Tensor:
         """Deterministic inversion: the ``x_T`` that the deterministic sampler maps to ``x0``.
 
-        ``ddpm`` models: DDIM run backwards (MONAI's ``reversed_step`` on the same respaced
-        levels as :meth:`sample`; the network is evaluated at the current, less noisy
-        point, as in guided-diffusion's ``ddim_reverse_sample``).  ``rflow`` models: the
-        Euler ODE run backwards on the same grid.  ``sample(denoise, invert(denoise, x0,
-        n), "ddim" | "rflow", n)`` reconstructs ``x0`` up to the discretisation error.
+        DDIM run backwards (MONAI's ``reversed_step`` on the same respaced levels as
+        :meth:`sample`; the network is evaluated at the current, less noisy point, as in
+        guided-diffusion's ``ddim_reverse_sample``).  ``sample(denoise, invert(denoise, x0,
+        n), "ddim", n)`` reconstructs ``x0`` up to the discretisation error.
 
         Args:
             denoise: ``denoise(x_t, t)``.
@@ -448,16 +498,6 @@ class DiffusionProcess:
         n = self._steps(steps)
         batch = x0.shape[0]
         x = x0
-        if self.cfg.process == "rflow":
-            sch = self._rflow_scheduler(n)
-            grid = torch.cat([torch.zeros(1, dtype=torch.long), sch.timesteps.long().cpu().flip(0)])
-            for i in tqdm(range(n), disable=not progress, desc="invert", leave=False):
-                t, t_next = int(grid[i]), int(grid[i + 1])
-                out = denoise(x, _unit_times(grid[i], batch, x, torch.float32))
-                # step() adds v * (t - t_next) / T; with t_next > t that is the backward move.
-                x, _ = sch.step(out, t, x, t_next)
-            return x
-
         sch, ts = self._respaced("ddim", n)
         for k in tqdm(range(n), disable=not progress, desc="invert", leave=False):
             if k == 0 and self.cfg.prediction == "sample":

@@ -12,7 +12,8 @@ A family object (:class:`GenerativeFamily`) provides:
   ``output_activation_default``, ``allows_noise_input``, ``supports_inversion``,
   ``iterative``);
 * ``process(cfg)``: the process object (:class:`~unveil.generative.gan.GanProcess`,
-  :class:`~unveil.generative.diffusion.DiffusionProcess`);
+  :class:`~unveil.generative.diffusion.DiffusionProcess`,
+  :class:`~unveil.generative.rflow.RFlowProcess`);
 * ``sample_volume(cfg, net, window, mask, cond, noise, ...)``: a whole volume from the
   starting noise, the sliding window given by the caller (``unveil.infer`` owns it);
 * ``check_sampling(cfg, steps, guidance_scale, where)`` / ``sampling_steps(cfg, steps)``:
@@ -24,15 +25,16 @@ A family object (:class:`GenerativeFamily`) provides:
   (:class:`~unveil.generative.trainers.Trainer`: optimisers, grad scalers, the step with
   gradient accumulation and DDP); :func:`unveil.train.loop.train` calls only that.
 
-Rectified flow is not an entry of its own.  It is the ``diffusion.process: rflow`` variant
-of the diffusion family: it uses the ``diffusion`` config section (timesteps, guidance,
-sampler, whose validation ties ``sampler rflow`` to ``process rflow``), the same
-:class:`~unveil.generative.diffusion.DiffusionProcess` (which branches on
-``diffusion.process`` for its times, target, sampler and inversion), and checkpoints and
-result records store ``family: diffusion`` for it, which the comparison tables group by.  A
-separate ``rflow`` entry would make ``model.family: rflow`` a config value (a change of the
-config files and of the recorded results) or need a second, "variant" kind of name;
-:meth:`DiffusionFamily.variant` names the process instead, and ``describe`` shows it.
+The built-in families are ``gan`` (:class:`GanFamily`), ``diffusion``
+(:class:`DiffusionFamily`) and ``rflow`` (rectified flow,
+:class:`unveil.generative.rflow.RFlowFamily`).  The two iterative ones differ only by their
+process: :class:`DenoisingFamily` holds what they share (whole-volume sampling with
+classifier-free guidance, the ``--steps`` / ``--guidance-scale`` checks, inversion, the
+trainer), and each subclass gives its ``process`` and ``describe``.  Both read the
+``diffusion`` config section; a config or checkpoint that still spells rectified flow as
+``model.family: diffusion`` with ``diffusion.process: rflow`` is read as ``model.family:
+rflow`` by config validation (:func:`unveil.family_registry.upgrade_config_tree`), so it
+samples, inverts and trains as before.
 """
 
 from __future__ import annotations
@@ -211,18 +213,19 @@ class GanFamily(GenerativeFamily):
         return GanTrainer(cfg, gen, disc)
 
 
-class DiffusionFamily(GenerativeFamily):
-    """Diffusion (DDPM/DDIM) and its rectified-flow variant (``diffusion.process``)."""
+class DenoisingFamily(GenerativeFamily):
+    """An iterative family that reads the ``diffusion`` config section: sampled from noise
+    in ``diffusion.sample_steps`` guided steps, inverted, trained on one denoising loss.
+
+    A subclass gives ``process(cfg)`` (a
+    :class:`~unveil.generative.diffusion.DenoisingProcess`) and ``describe``; the other
+    hooks call only the process's ``model_fn``, ``sample``, ``invert`` and its trainer.
+    """
 
     @staticmethod
     def variant(cfg: Any) -> str:
-        """The training process: ``ddpm`` or ``rflow`` (rectified flow)."""
+        """The training process of the config (``diffusion.process``): ``ddpm`` or ``rflow``."""
         return str(cfg.diffusion.process)
-
-    def process(self, cfg: Any) -> Any:
-        from unveil.generative.diffusion import DiffusionProcess
-
-        return DiffusionProcess(cfg.diffusion)
 
     def sample_volume(
         self,
@@ -279,16 +282,25 @@ class DiffusionFamily(GenerativeFamily):
     def invert(self, cfg, denoise, image, steps=None):
         return self.process(cfg).invert(denoise, image, steps=steps)
 
+    def trainer(self, cfg, gen, disc):
+        from unveil.generative.trainers import DiffusionTrainer
+
+        return DiffusionTrainer(cfg, gen, process=self.process(cfg))
+
+
+class DiffusionFamily(DenoisingFamily):
+    """Denoising diffusion: DDPM training, DDIM/DDPM sampling, DDIM inversion."""
+
+    def process(self, cfg: Any) -> Any:
+        from unveil.generative.diffusion import DiffusionProcess
+
+        return DiffusionProcess(cfg.diffusion)
+
     def describe(self, cfg: Any) -> str:
         d = cfg.diffusion
         return (
             f"{d.process}, {d.prediction}, T={d.timesteps}, sampler {d.sampler} x{d.sample_steps}"
         )
-
-    def trainer(self, cfg, gen, disc):
-        from unveil.generative.trainers import DiffusionTrainer
-
-        return DiffusionTrainer(cfg, gen)
 
 
 def noise_seed(noise: torch.Tensor) -> int:
@@ -318,11 +330,7 @@ def get_family(name: str) -> GenerativeFamily:
 
 
 def family_for(cfg: Any) -> GenerativeFamily:
-    """The family object of a :class:`~unveil.config.Config` (its ``model.family``).
-
-    The diffusion family covers its rectified-flow variant (``diffusion.process: rflow``):
-    its process object and ``describe`` follow ``diffusion.process``.
-    """
+    """The family object of a :class:`~unveil.config.Config` (its ``model.family``)."""
     return get_family(cfg.model.family)
 
 
@@ -367,6 +375,7 @@ FAMILIES: Mapping[str, GenerativeFamily] = _Families()
 
 __all__ = [
     "FAMILIES",
+    "DenoisingFamily",
     "DiffusionFamily",
     "FamilySpec",
     "GanFamily",

@@ -91,12 +91,19 @@ class Trainer:
 
 
 class DiffusionTrainer(Trainer):
-    """Diffusion / rectified flow: AdamW on the denoiser, one loss per micro-batch."""
+    """The iterative families (diffusion, rectified flow): AdamW on the denoiser, one loss
+    per micro-batch.
 
-    def __init__(self, cfg: Any, gen: nn.Module) -> None:
-        from unveil.generative.diffusion import DiffusionProcess
+    ``process`` is the family's :class:`~unveil.generative.diffusion.DenoisingProcess`
+    (default: the one of ``cfg``'s family).
+    """
 
-        self.process = DiffusionProcess(cfg.diffusion)
+    def __init__(self, cfg: Any, gen: nn.Module, process: Any = None) -> None:
+        if process is None:
+            from unveil.generative.registry import family_for
+
+            process = family_for(cfg).process(cfg)
+        self.process = process
         self.generator = gen
         self.opt = torch.optim.AdamW(
             param_groups(gen, cfg.diffusion.lr, cfg.text.lr_scale), weight_decay=0.0
