@@ -289,9 +289,11 @@ def measure_case(spec: CaseSpec) -> dict:
             train_iter, spec.warmup, spec.iters, sync
         )
     else:
-        from unveil.generative.diffusion import DiffusionProcess, conditional_dropout
+        from unveil.generative.diffusion import conditional_dropout
+        from unveil.generative.registry import family_for
 
-        process = DiffusionProcess(cfg.diffusion)
+        # DDPM or rectified flow: the family's own process (registry), as training uses.
+        process = family_for(cfg).process(cfg)
         # The optimiser of the training loop (unveil.train.loop): AdamW without decay.
         opt = torch.optim.AdamW(gen.parameters(), lr=cfg.diffusion.lr, weight_decay=0.0)
         g = torch.Generator(device=device).manual_seed(spec.seed + 1)
@@ -355,9 +357,9 @@ def make_eval(cfg, gen, mask1, cond1) -> tuple[Callable[[], object], int, int]:
         noise = torch.zeros(shape, device=mask1.device) if cfg.model.noise_input else None
         return (lambda: process.generate(gen, mask1, cond1, noise)), 1, 1
 
-    from unveil.generative.diffusion import DiffusionProcess
+    from unveil.generative.registry import family_for
 
-    process = DiffusionProcess(cfg.diffusion)
+    process = family_for(cfg).process(cfg)
     scale = cfg.diffusion.guidance_scale
     denoise = process.model_fn(gen, mask1, cond1, guidance_scale=scale)
     # The step's cost does not depend on the values: zeros and a mid-chain timestep.
