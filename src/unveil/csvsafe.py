@@ -33,6 +33,8 @@ names of an analysis, ``info.json`` (``subjects``) of an evaluation, ``effects.j
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -82,6 +84,7 @@ def restore_frame(df: pd.DataFrame) -> pd.DataFrame:
 def _map_text(df: pd.DataFrame, fn: Any) -> pd.DataFrame:
     """A copy of ``df`` with ``fn`` applied to the cells of its text columns and to its
     column names (by position, so a repeated column name is no problem)."""
+    # lazy pandas: `unveil --help` imports this module (via commands/prompts.py)
     from pandas.api.types import is_string_dtype
 
     out = df.copy()
@@ -96,9 +99,6 @@ def _map_text(df: pd.DataFrame, fn: Any) -> pd.DataFrame:
 def prompts_csv_text(ids: Sequence[str], prompts: Sequence[str]) -> str:
     """The ``id,prompt`` CSV that ``unveil prompts`` and the demo write, cells neutralised
     (an id such as ``=cmd`` is written ``'=cmd``; the raw ids stay in the clinical table)."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "prompt"])

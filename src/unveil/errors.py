@@ -8,6 +8,8 @@ normal exception types so they are never disguised as input problems.
 
 from __future__ import annotations
 
+import errno
+
 
 class UnveilError(Exception):
     """A problem with the user's input, worded as one sentence: what, where, how to fix."""
@@ -35,8 +37,6 @@ def describe_os_error(err: OSError, out: str | None = None) -> str:
     is the command's output path, named when the error carries no file name (a write that
     fails half-way through a file often does not).
     """
-    import errno
-
     where = err.filename or out
     name = f" {where}" if where else ""
     code = err.errno

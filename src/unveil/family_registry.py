@@ -74,6 +74,7 @@ class FamilySpec:
         iterative: sampling takes steps and a guidance scale (``--steps``,
             ``--guidance-scale`` apply); False: one network pass.
         config_checks: family-specific checks of the whole config (see :data:`ConfigCheck`).
+        display_name: the name tables and figures print (default: ``name``).
         config_upgrades: rewrites of the raw config before validation (see
             :data:`ConfigUpgrade`).
     """
@@ -89,6 +90,7 @@ class FamilySpec:
     iterative: bool = False
     config_checks: tuple[ConfigCheck, ...] = field(default=())
     config_upgrades: tuple[ConfigUpgrade, ...] = field(default=())
+    display_name: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -137,6 +139,12 @@ def unregister_family_spec(name: str) -> None:
 def family_names() -> tuple[str, ...]:
     """The registered families, in registry order."""
     return tuple(SPECS)
+
+
+def family_display_name(name: str) -> str:
+    """The name tables print for family ``name`` (``name`` itself when not registered)."""
+    spec = SPECS.get(name)
+    return (spec.display_name or spec.name) if spec is not None else name
 
 
 def family_spec(name: str) -> FamilySpec:
@@ -226,6 +234,7 @@ for _spec in (
     FamilySpec(
         "gan",
         "pix2pix-style conditional GAN: one generator pass, a PatchGAN discriminator",
+        display_name="GAN",
         behaviour=f"{_GENERATIVE}:GanFamily",
         needs_discriminator=True,
         time_conditioned=False,
@@ -245,6 +254,7 @@ for _spec in (
     FamilySpec(
         "rflow",
         "rectified flow (a learned velocity, Euler steps), classifier-free guidance",
+        display_name="rectified flow",
         behaviour="unveil.generative.rflow:RFlowFamily",
         time_conditioned=True,
         output_activation_default="linear",

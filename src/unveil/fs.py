@@ -16,6 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from unveil.errors import UnveilError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+    import msvcrt
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -85,8 +93,6 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     never leaves a folder that looks complete but is not.  An existing non-empty ``path``
     is only replaced when ``overwrite`` is true.
     """
-    from unveil.errors import UnveilError
-
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise UnveilError(
@@ -167,11 +173,7 @@ def folder_lock(folder: str | os.PathLike, owner: str) -> Iterator[Path]:
 
 
 def _try_lock(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
+    if fcntl is None:  # Windows
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         return
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -19,8 +19,15 @@ from torch import nn
 
 from unveil.conditioning import TextCondition
 from unveil.config import Config, config_from_dict
+from unveil.data.preprocess import DEPTH_CHANNEL, POSITION_CHANNEL
 from unveil.errors import CheckpointError
+from unveil.family_registry import family_spec
+from unveil.fusion_registry import fusion_spec
+from unveil.generative.registry import family_for
+from unveil.nn.build import build_discriminator, build_generator
+from unveil.runtime.checkpoint import load_checkpoint, resolve_checkpoint
 from unveil.text.adapter import TextAdapter
+from unveil.text.template import Template
 
 
 class TextConditionedGenerator(nn.Module):
@@ -95,15 +102,9 @@ def build_models(
     cfg: Config, meta: ModelMeta
 ) -> tuple[TextConditionedGenerator, TextConditionedDiscriminator | None]:
     """Fresh generator (and discriminator when the family trains one) for ``cfg`` and ``meta``."""
-    from unveil.family_registry import family_spec
-    from unveil.fusion_registry import fusion_spec
-    from unveil.nn.build import build_discriminator, build_generator
-
     text_on = fusion_spec(cfg.model.fusion).uses_text
     cond_dim = cfg.text.cond_dim
     m = len(meta.mask_channels)
-    from unveil.data.preprocess import DEPTH_CHANNEL, POSITION_CHANNEL
-
     names = list(meta.mask_channels)
     height = names.index(POSITION_CHANNEL) if POSITION_CHANNEL in names else None
     depth = names.index(DEPTH_CHANNEL) if DEPTH_CHANNEL in names else None
@@ -146,13 +147,9 @@ class LoadedModel:
     @property
     def family(self):
         """The :class:`~unveil.generative.registry.GenerativeFamily` of this model."""
-        from unveil.generative.registry import family_for
-
         return family_for(self.cfg)
 
     def template(self):
-        from unveil.text.template import Template
-
         return Template.from_dict(self.meta.template, source=f"template stored in {self.path}")
 
 
@@ -160,8 +157,6 @@ def load_model(
     path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
 ) -> LoadedModel:
     """Rebuild the generator of a checkpoint from the checkpoint alone."""
-    from unveil.runtime.checkpoint import load_checkpoint, resolve_checkpoint
-
     path = resolve_checkpoint(path)
     ck = load_checkpoint(path)
     cfg = config_from_dict(ck["config"], source=f"checkpoint {path}")

@@ -82,7 +82,10 @@ from unveil.analysis.compute.results import compute_results
 from unveil.analysis.compute.verdict import specificity_line
 from unveil.analysis.edits import ParsedEdit, parse_run_edit
 from unveil.analysis.inputs import CONTROL_KINDS, NOISE_FLOOR, AnalysisOptions
+from unveil.analysis.load import load_run
+from unveil.analysis.measure import measure_run
 from unveil.analysis.regions import PEAK_REGIONS, ZONES, region_names
+from unveil.fs import atomic_dir
 from unveil.records import (
     AdjustedRow,
     CohortRow,
@@ -93,6 +96,7 @@ from unveil.records import (
     SpecificityRow,
     SubjectRegionRow,
     as_results,
+    write_analysis,
 )
 
 #: Column orders of the CSV outputs (defined by the row records).
@@ -146,11 +150,6 @@ def analyze(
     Returns:
         The :class:`~unveil.records.results.Results` record written to ``results.json``.
     """
-    from unveil.analysis.load import load_run
-    from unveil.analysis.measure import measure_run
-    from unveil.fs import atomic_dir
-    from unveil.records import write_analysis
-
     options = options or AnalysisOptions()
     options.check()
     loaded = load_run(root)

@@ -9,9 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from unveil.analysis.figures import _new_figure, _png
+from unveil.data.regions import REGIONS
 from unveil.records.rows import CohortRow, RecoveryRow
 
 #: Bar colours: significant, not significant, and the noise-floor band.
@@ -32,8 +36,6 @@ def decisive_q(row: CohortRow) -> tuple[float, bool]:
 
 def region_order(regions: Sequence[str]) -> list[str]:
     """Regions in the vocabulary order of :data:`unveil.data.regions.REGIONS`, others after."""
-    from unveil.data.regions import REGIONS
-
     known = [r for r in REGIONS if r in regions]
     rest = [r for r in dict.fromkeys(regions) if r not in REGIONS]
     return known + rest
@@ -109,9 +111,6 @@ def region_bars(
 
 def _bars_legend(fig, has_planted: bool) -> None:
     """The legend of :func:`region_bars`, below the axes so it never hides a bar."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     handles = [
         Patch(color=SIGNIFICANT, label="significant"),
         Patch(color=NOT_SIGNIFICANT, label="not significant"),
@@ -130,8 +129,6 @@ def recovery_plot(recovery_rows: Sequence[RecoveryRow], tolerance: float = 0.30)
             one colour per contrast.
         tolerance: half-width of the grey band, as a fraction of the planted shift.
     """
-    import matplotlib
-
     rows = [r for r in recovery_rows if np.isfinite(r.planted_hu)]
     if not rows:
         raise ValueError("no recovery rows with a planted value")

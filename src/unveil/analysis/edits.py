@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from unveil.data.effects import is_missing
 from unveil.errors import UnveilError
 from unveil.records import RUN_JSON, RunRecord
 from unveil.text.edits import parse_edit, split_edit
+from unveil.text.template import load_template
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,6 @@ class ParsedEdit:
 
     def apply(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of ``attributes`` (column -> value) with this edit applied."""
-        from unveil.data.effects import is_missing
-
         out = dict(attributes)
         current = out.get(self.column)
         if self.op == "set":
@@ -116,8 +116,6 @@ def template_from_run(run: RunRecord) -> Any | None:
     id_column = run.config_section("data").get("id_column", "id")
     if not name:
         return None
-    from unveil.text.template import load_template
-
     try:
         return load_template(name, id_column=id_column)
     except UnveilError as err:

@@ -31,7 +31,13 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
+import nibabel as nib
 import numpy as np
+from matplotlib import patheffects
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
 from unveil.config import DEFAULT_HU_WINDOW
 
@@ -67,8 +73,6 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[flo
         ``(array_ras, spacing_ras)``: the reoriented array ``(R, A, S)`` (a view where
         possible) and its voxel size in mm along those axes.
     """
-    import nibabel as nib
-
     affine = np.asarray(affine, dtype=np.float64)
     ornt = nib.orientations.io_orientation(affine)
     out = nib.orientations.apply_orientation(np.asarray(array), ornt)
@@ -222,9 +226,6 @@ def robust_diff_range(
 
 
 def _new_figure(width: float, height: float, layout: str | None = "constrained"):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     return fig
@@ -359,8 +360,6 @@ def _panel_axes(img_w: float, img_h: float):
 def _edge_letters(ax, view: str) -> None:
     """The side letters of a view at the panel's edges (yellow with a black outline, legible
     on black lungs and on a white, zero, difference panel alike)."""
-    from matplotlib import patheffects
-
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
     places = [
         (0.5, 0.98, "center", "top"),
@@ -394,8 +393,6 @@ def _grey_rgb(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _diff_rgb(img: np.ndarray, diff_range: float) -> np.ndarray:
-    import matplotlib
-
     cmap = matplotlib.colormaps[DIFF_CMAP]
     t = np.nan_to_num(np.clip((img / diff_range + 1.0) / 2.0, 0.0, 1.0), nan=0.5)
     return (cmap(t)[..., :3] * 255.0 + 0.5).astype(np.uint8)
@@ -483,8 +480,6 @@ def _gif_frames(
 ) -> list[Any]:
     """One RGB image per axial slice of ``zidx``: three labelled panels, ``px`` on the
     longest side of each, ``size_mm`` (width, height) the physical size of a slice."""
-    from PIL import Image, ImageDraw
-
     width_mm, height_mm = size_mm
     scale = px / max(height_mm, width_mm)
     w = max(8, int(round(width_mm * scale)))
@@ -514,8 +509,6 @@ def _gif_frames(
 def _encode_gif(frames: Sequence[Any], frame_ms: int) -> bytes:
     """The frames as a looping GIF with one shared palette (from a montage of a few frames,
     so colours do not flicker between frames) and no dithering (the frames compress well)."""
-    from PIL import Image
-
     sample = frames[:: max(1, len(frames) // 6)]
     montage = Image.new("RGB", (frames[0].width, frames[0].height * len(sample)))
     for i, f in enumerate(sample):

@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from unveil.analysis.edits import template_from_run
 from unveil.analysis.inputs import RunDesign, run_design
 from unveil.analysis.regions import region_names
+from unveil.config import DataConfig
+from unveil.data.cohort import Cohort
+from unveil.data.effects import EffectSpec, is_missing
+from unveil.data.io import read_volume
+from unveil.data.table import read_clinical_table
 from unveil.errors import DataError, UnveilError
 from unveil.records import RUN_JSON, RunLayout, RunRecord, read_run
 
@@ -31,10 +37,6 @@ def data_config(run: RunRecord, strict: bool = True):
         strict: refuse a section that does not validate (one sentence); else fall back on
             the defaults (the report's slice views only need the label values).
     """
-    from pydantic import ValidationError
-
-    from unveil.config import DataConfig
-
     data = run.config_section("data")
     if not data:
         return DataConfig()
@@ -78,8 +80,6 @@ def load_effects(cohort: Path) -> tuple[list[Any], list[str]] | None:
     Reads the record written by :func:`unveil.data.effects.effects_record` (its ``kind`` and
     ``description`` keys are derived and ignored).
     """
-    from unveil.data.effects import EffectSpec
-
     path = cohort / "effects.json"
     if not path.is_file():
         return None
@@ -101,9 +101,6 @@ def load_effects(cohort: Path) -> tuple[list[Any], list[str]] | None:
 
 def truth_rows(cohort: Path, id_column: str, fallback: Mapping[str, dict]) -> dict[str, dict]:
     """True attributes by id: ``truth.csv`` when the cohort has one, else the clinical rows."""
-    from unveil.data.effects import is_missing
-    from unveil.data.table import read_clinical_table
-
     path = cohort / "truth.csv"
     if not path.is_file():
         return {k: dict(v) for k, v in fallback.items()}
@@ -123,8 +120,6 @@ def truth_rows(cohort: Path, id_column: str, fallback: Mapping[str, dict]) -> di
 
 def read_generated(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A generated volume of the run, refused when off the mask's grid or not finite."""
-    from unveil.data.io import read_volume
-
     vol = read_volume(path, dtype=np.float32)
     if vol.shape != tuple(shape):
         raise UnveilError(
@@ -177,8 +172,6 @@ class LoadedRun:
 def load_run(root: str | os.PathLike) -> LoadedRun:
     """Read the run at ``root`` (record and volumes checked), open its cohort, read its
     planted effects and build its design."""
-    from unveil.data.cohort import Cohort
-
     root = Path(root)
     layout = RunLayout(root)
     run = read_run(root)

@@ -12,7 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from unveil.analysis.figures import display_slices
+from unveil.data.io import Volume, read_volume, write_volume
+from unveil.fs import atomic_path
 from unveil.records import RunLayout
 
 #: Colour-bar labels of an edit's map and of the noise floor's.
@@ -42,16 +47,10 @@ def save_map_png(
         path: the PNG to write (atomically).
         label: the colour bar's label.
     """
-    # The object API with an explicit Agg canvas: no pyplot global state, no backend switch,
-    # and fixed axes positions (layout engines cost more than the drawing at these sizes).
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from unveil.analysis.figures import display_slices
-    from unveil.fs import atomic_path
-
     sl = display_slices(diff, lung, affine)
     centre = sl["centre"]
+    # The object API with an explicit Agg canvas: no pyplot global state, no backend switch,
+    # and fixed axes positions (layout engines cost more than the drawing at these sizes).
     fig = Figure(figsize=(9, 4.4))
     FigureCanvasAgg(fig)
     axes = [fig.add_axes((0.02, 0.05, 0.4, 0.8)), fig.add_axes((0.45, 0.05, 0.4, 0.8))]
@@ -97,8 +96,6 @@ def write_subject_maps(
         sums: contrast (and ``floor_name``) -> sum over seeds of the difference, float32.
         lung: bool lung mask on the subject's grid.
     """
-    from unveil.data.io import Volume, write_volume
-
     for name, total in sums.items():
         mean_map = (total / n_seeds).astype(np.float32)
         nifti = layout.map_nifti(subject, name).relative_to(layout.analysis_dir)
@@ -117,7 +114,5 @@ def write_subject_maps(
 def read_mean_map(layout: RunLayout, subject: str, contrast: str):
     """The map ``unveil analyze`` wrote for a subject and contrast (a
     :class:`~unveil.data.io.Volume`), or None when it is not there."""
-    from unveil.data.io import read_volume
-
     path = layout.map_nifti(subject, contrast)
     return read_volume(path) if path.is_file() else None

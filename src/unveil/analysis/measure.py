@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from unveil.analysis.compute.recovery import expected_shift_means
 from unveil.analysis.inputs import NOISE_FLOOR, Measurements
@@ -26,8 +27,6 @@ def measure_run(
 ) -> Measurements:
     """Measure every subject of the run, writing its maps under ``out``, then the real scans
     of the cohort's other subjects (for the associations)."""
-    from tqdm import tqdm
-
     d = loaded.design
     subjects, seeds = loaded.subjects, loaded.seeds
     measured = Measurements.empty(len(d.contrasts), len(subjects), len(seeds), len(d.regions))

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from unveil.data.regions import REGIONS, region_masks
+
 #: Lung partitions among which the peak of an effect is sought (with any ``&``
 #: intersection of them that is in the region list, e.g. a planted region).
 PEAK_REGIONS: tuple[str, ...] = (
@@ -31,8 +33,6 @@ def region_names(data_cfg: Any, effects: Sequence[Any] | None = None) -> list[st
     name; a planted intersection such as ``lower_lung&lung_periphery`` is added so the
     recovery is also read exactly where the effect was put.
     """
-    from unveil.data.regions import REGIONS
-
     names = list(REGIONS)
     for label in data_cfg.labels:
         if label not in names:
@@ -48,8 +48,6 @@ def region_indices(
 ) -> dict[str, np.ndarray]:
     """``{region: flat voxel indices}`` for every name; label names beyond the vocabulary
     (e.g. ``heart``) are the voxels with that label value."""
-    from unveil.data.regions import REGIONS, region_masks
-
     vocab = [n for n in names if all(p.strip() in REGIONS for p in n.split("&"))]
     masks = region_masks(label_map, affine, data_cfg, names=vocab)
     for n in names:
@@ -68,8 +66,6 @@ def region_means(flat: np.ndarray, idx: Mapping[str, np.ndarray]) -> dict[str, f
 
 def peak_candidates(regions: Sequence[str]) -> list[str]:
     """The regions of :data:`PEAK_REGIONS`, and ``&`` intersections of lung parts, present."""
-    from unveil.data.regions import REGIONS
-
     lung_parts = {r for r in REGIONS if r not in ("lung", "airway")}
     out = [r for r in regions if r in PEAK_REGIONS]
     out += [

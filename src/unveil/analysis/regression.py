@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from unveil.data.effects import is_missing
 
@@ -78,8 +79,6 @@ def design_matrix(
         a category), ``levels`` (level -> X column, the reference mapped to None),
         ``counts`` (level -> subjects) and ``mean`` (a number's mean over recorded values).
     """
-    import pandas as pd
-
     n = len(rows)
     data: dict[str, np.ndarray] = {"const": np.ones(n)}
     info: dict[str, dict[str, Any]] = {}
@@ -206,6 +205,7 @@ def ols_hc3_contrasts(
         ``X``, e.g. aliased with another attribute), or a fit with no residual degree of
         freedom, gives NaN numbers.
     """
+    # lazy statsmodels, scipy.stats (~2 s): unveil report imports this module, fits nothing
     import statsmodels.api as sm
     from scipy import stats
     from statsmodels.tools.sm_exceptions import SingularMatrixWarning
@@ -261,6 +261,7 @@ def _contrast_estimate(
     c: np.ndarray, params: np.ndarray, cov: np.ndarray, z: float
 ) -> dict[str, float]:
     """Estimate, SE, normal interval (``z``) and two-sided p of the contrast ``c``."""
+    # lazy scipy.stats (~1 s): unveil report imports this module, fits nothing
     from scipy import stats
 
     est = float(c @ params)

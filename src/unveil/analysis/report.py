@@ -59,6 +59,7 @@ from unveil.analysis.report_verdict import (  # noqa: F401  (public names of the
 )
 from unveil.analysis.report_views import diff_range, load_view, view_html
 from unveil.errors import UnveilError
+from unveil.fs import write_text
 from unveil.records import TABLES, Results, RunLayout, RunRecord, read_results, read_run
 from unveil.text.edits import edit_field
 
@@ -231,8 +232,6 @@ def write_report(
     Raises:
         UnveilError: when ``RUN/analysis/results.json`` is missing or corrupt.
     """
-    from unveil.fs import write_text
-
     if int(subjects_shown) < 0:
         raise UnveilError(f"--subjects must be 0 or more, got {subjects_shown}.")
     root = Path(run_root)

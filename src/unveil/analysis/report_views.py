@@ -18,6 +18,9 @@ import numpy as np
 from unveil.analysis import figures
 from unveil.analysis.maps import read_mean_map
 from unveil.analysis.report_html import esc, figure, img
+from unveil.data.cohort import find_volumes
+from unveil.data.io import read_volume
+from unveil.errors import DataError
 from unveil.records import RunLayout, RunRecord
 
 
@@ -41,10 +44,6 @@ def lung_mask(
     """Bool lung mask ``(X, Y, Z)`` of a subject from the cohort's masks, or None."""
     if cohort is None or not (cohort / "masks").is_dir():
         return None
-    from unveil.data.cohort import find_volumes
-    from unveil.data.io import read_volume
-    from unveil.errors import DataError
-
     paths = find_volumes(cohort / "masks").get(sid)
     if not paths:
         return None
@@ -63,8 +62,6 @@ def load_view(
 ) -> SubjectView:
     """The first seed's factual and edited volumes, the analysis' difference map and the
     lung mask of one subject and contrast."""
-    from unveil.data.io import read_volume
-
     if not run.seeds:
         return SubjectView(sid, missing="the run has no seeds")
     pair = (layout.factual(sid, run.seeds[0]), layout.edited(sid, edit, run.seeds[0]))

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from unveil.data.cohort_checks import (  # noqa: F401  (names of this module before the split)
     GRID_TOLERANCE_MM,
@@ -61,8 +63,6 @@ from unveil.data.table import duplicate_ids
 from unveil.errors import DataError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from unveil.config import Config, DataConfig
 
 log = logging.getLogger(__name__)
@@ -284,8 +284,6 @@ def _row_dict(table: pd.DataFrame | None, sid: str) -> dict[str, Any] | None:
 
 def _plain(value: Any) -> Any:
     """Missing -> None and numpy scalars -> Python, so rows are plain data."""
-    import pandas as pd
-
     if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return None
     if isinstance(value, np.generic):
@@ -304,8 +302,6 @@ def check_cohort(root: str | os.PathLike, cfg: Config, progress: bool = False) -
     else becomes a :class:`Problem`.  ``progress`` shows a bar on stderr when there are
     more than a handful of subjects.
     """
-    from tqdm import tqdm
-
     root = Path(root)
     data_cfg = cfg.data
     lay = read_layout(root, data_cfg, strict=False, require_table=True)

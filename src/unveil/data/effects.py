@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -323,8 +324,6 @@ def parse_spec(tree: Any, source: str = "spec") -> PlantSpec:
 
 def load_spec(path: str | os.PathLike) -> PlantSpec:
     """Read and validate a YAML spec file (one-sentence :class:`ConfigError` on any problem)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"spec file {path} does not exist; check the path given to --spec.")

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from unveil.errors import DataError
@@ -62,8 +63,6 @@ class Volume:
     @property
     def orientation(self) -> str:
         """Axis codes such as ``RAS`` or ``LPS`` (the direction each array axis points to)."""
-        import nibabel as nib
-
         return "".join(nib.orientations.aff2axcodes(self.affine))
 
     def same_grid(self, other: Volume, atol: float = 1e-3) -> bool:
@@ -153,8 +152,6 @@ def _error_reason(err: BaseException) -> str:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
     img = nib.load(str(path))
     # get_fdata would turn label maps into float64; keep the stored type, applying the
     # scale only when the file asks for it.  The scaling must be read from the data proxy:
@@ -171,6 +168,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    # lazy MONAI (~7 s): only reading NRRD / MHA / DICOM uses it
     from monai.data import ITKReader
 
     reader = ITKReader(affine_lps_to_ras=True)
@@ -198,8 +196,6 @@ def write_volume(
     array = volume.array if dtype is None else volume.array.astype(dtype)
     with atomic_path(path, suffix=suf or None) as tmp:
         if suf in _NIFTI:
-            import nibabel as nib
-
             img = nib.Nifti1Image(array, volume.affine)
             img.set_qform(volume.affine, code=1)
             img.set_sform(volume.affine, code=1)
@@ -212,6 +208,7 @@ def write_volume(
 
 
 def _write_itk(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    # lazy ITK (~0.25 s): only writing NRRD / MHA uses it
     import itk
 
     # ITK stores an LPS direction cosine matrix and an origin; our affine is RAS.

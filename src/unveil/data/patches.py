@@ -20,12 +20,11 @@ volumes smaller than a patch does use MONAI's ``SpatialPad``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
+import torch
+from monai.transforms import SpatialPad
 
 
 class PatchSampler:
@@ -55,8 +54,6 @@ class PatchSampler:
         rng: np.random.Generator,
         fg_channels: Sequence[int] | None = None,
     ) -> None:
-        from monai.transforms import SpatialPad
-
         if len(images) == 0:
             raise ValueError("PatchSampler needs at least one subject")
         if len(images) != len(masks):
@@ -120,8 +117,6 @@ class PatchSampler:
             ``(B, 3)`` int64 patch corner in the (padded) volume, ``positive`` ``(B,)`` bool
             whether the centre was drawn from the foreground.
         """
-        import torch
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         p = np.asarray(self.patch_size)

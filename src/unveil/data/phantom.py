@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from unveil.config import DataConfig, PreprocessConfig
 from unveil.data.effects import EffectSpec, apply_effects, effects_record, write_effects_json
@@ -152,8 +154,6 @@ def phantom_table(n: int, seed: int = 0, missing_fraction: float = MISSING_FRACT
         :data:`PHANTOM_COLUMNS`; ``clinical`` has each attribute cell independently missing
         (NaN) with probability ``missing_fraction`` (never the id).
     """
-    import pandas as pd
-
     rows_true, rows_obs = [], []
     for k, (attr_rng, miss_rng, _) in enumerate(subject_generators(seed, n)):
         attrs = phantom_attributes(attr_rng)
@@ -271,8 +271,6 @@ def make_phantom(
     ``effects.json`` (planted effects and everything needed to judge a recovery).  The
     folder appears complete or not at all.
     """
-    from tqdm import tqdm
-
     check_phantom_args(n, size, seed)
     truth, clinical = phantom_table(n, seed)
     effects = default_effects() if effects is None else list(effects)

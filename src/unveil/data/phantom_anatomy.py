@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from unveil.data.io import Volume
 
@@ -66,8 +67,6 @@ def _unit_noise_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: f
     The scale is the exact one of the filter (norm of its impulse response), not the
     sample std, so the noise level does not depend on the draw.
     """
-    from scipy import ndimage
-
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     if sigma <= 0:
         return field
@@ -338,8 +337,6 @@ def render_anatomy(rng: np.random.Generator, size: int = 64) -> tuple[Volume, Vo
     No effect is applied.  The number of random draws does not depend on anything but
     ``size``, so two renders from equal generators are identical.
     """
-    from scipy import ndimage
-
     shape = (size, size, size)
     affine = phantom_affine(size)
     d = _draw_subject(rng, shape, FOV_MM / size)  # all draws up front, fixed count

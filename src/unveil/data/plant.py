@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from unveil.config import DataConfig, PreprocessConfig
 from unveil.csvsafe import neutralise_frame
@@ -156,6 +158,7 @@ def resample(
 
     Shapes ``(X, Y, Z)`` in, ``(X', Y', Z')`` out, with the new affine.
     """
+    # lazy (torch and MONAI, ~5 s): a bad spec or table is refused before they load.
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Spacing
@@ -246,6 +249,7 @@ def deform(image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray
     Image bilinear, mask nearest, border padding; shapes ``(X, Y, Z)`` kept; the grid (and
     so the affine) is unchanged, the content moves.
     """
+    # lazy (torch and MONAI, ~5 s): a bad spec or table is refused before they load.
     import torch
     from monai.transforms import Rand3DElasticd
 
@@ -370,8 +374,6 @@ def plant_cohort(
     ``clinical.csv`` (observed; ``missing`` fractions applied), ``truth.csv`` (true values),
     ``provenance.csv`` (source and transform per pseudo-patient) and ``effects.json``.
     """
-    from tqdm import tqdm
-
     cfg = data_cfg or DataConfig()
     spec = spec_path if isinstance(spec_path, PlantSpec) else load_spec(spec_path)
     if n < 1:
@@ -471,8 +473,6 @@ def _write_tables(
     spreadsheet would run as a formula is written '=x (unveil.csvsafe), which
     read_clinical_table restores; the raw source ids stay in effects.json.
     """
-    import pandas as pd
-
     cols = ["id", *names]
     for fname, rows in (("clinical.csv", rows_obs), ("truth.csv", rows_true)):
         write_text(

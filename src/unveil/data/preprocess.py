@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Orientationd, Spacingd
+from monai.utils import TraceKeys
 
 from unveil.data.io import Volume
+from unveil.data.regions import lung_depth
 from unveil.errors import DataError
 
 if TYPE_CHECKING:
-    import torch
-
     from unveil.config import DataConfig, PreprocessConfig
 
 ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
@@ -56,8 +59,6 @@ def hu_to_unit(x: ArrayT, window: tuple[float, float]) -> ArrayT:
     if isinstance(x, np.ndarray):
         x = x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float32)
         return (np.clip(x, lo, hi) - lo) * (2.0 / (hi - lo)) - 1.0
-    import torch
-
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hu_to_unit takes a numpy array or a torch tensor, not {type(x).__name__}")
     x = x if torch.is_floating_point(x) else x.float()
@@ -76,8 +77,6 @@ def unit_to_hu(y: ArrayT, window: tuple[float, float]) -> ArrayT:
     if isinstance(y, np.ndarray):
         y = y if np.issubdtype(y.dtype, np.floating) else y.astype(np.float32)
     else:
-        import torch
-
         if not isinstance(y, torch.Tensor):
             raise TypeError(
                 f"unit_to_hu takes a numpy array or a torch tensor, not {type(y).__name__}"
@@ -145,8 +144,6 @@ def one_hot(label_map: ArrayT, data_cfg: DataConfig) -> ArrayT:
     values = list(data_cfg.labels.values())
     if isinstance(label_map, np.ndarray):
         return np.stack([label_map == v for v in values]).astype(np.float32)
-    import torch
-
     return torch.stack([label_map == v for v in values]).to(torch.float32)
 
 
@@ -204,8 +201,6 @@ class Preprocessor:
     """
 
     def __init__(self, pre_cfg: PreprocessConfig, data_cfg: DataConfig) -> None:
-        from monai.transforms import Compose, Orientationd, Spacingd
-
         self.pre_cfg = pre_cfg
         self.data_cfg = data_cfg
         self.window = (float(pre_cfg.hu_window[0]), float(pre_cfg.hu_window[1]))
@@ -253,9 +248,6 @@ class Preprocessor:
             DataError: the mask is not on the image grid, or holds label values that
                 ``data.labels`` does not name.
         """
-        import torch
-        from monai.data import MetaTensor
-
         where = f" ({image.path})" if image.path else ""
         data: dict[str, Any] = {
             _IMAGE: MetaTensor(
@@ -288,8 +280,6 @@ class Preprocessor:
                 height = lung_height(label_map.numpy(), np.asarray(img_mt.affine), self.data_cfg)
                 onehot = torch.cat([onehot, torch.from_numpy(height)[None]])
             if self.pre_cfg.depth_channel:
-                from unveil.data.regions import lung_depth
-
                 depth = lung_depth(label_map.numpy(), np.asarray(img_mt.affine), self.data_cfg)
                 onehot = torch.cat([onehot, torch.from_numpy(depth)[None]])
         return Prepared(
@@ -350,8 +340,6 @@ class Preprocessor:
 
     @staticmethod
     def _as_channel_first(x: torch.Tensor | np.ndarray, prepared: Prepared) -> torch.Tensor:
-        import torch
-
         t = torch.as_tensor(x).detach().to("cpu", torch.float32)
         if t.ndim == 3:
             t = t[None]
@@ -371,9 +359,6 @@ class Preprocessor:
         affine and shape with the recorded mode), so a pure reorientation round-trips
         bit-exactly and nothing about the source grid has to be re-derived here.
         """
-        import torch
-        from monai.data import MetaTensor
-
         ops = copy.deepcopy(prepared.operations)
         if mode is not None:
             for op in ops:
@@ -408,8 +393,6 @@ def _portable_operations(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     skip that check) lets any :class:`Preprocessor` built from the same config invert a
     :class:`Prepared`, including one in another process or restored from disk.
     """
-    from monai.utils import TraceKeys
-
     out = copy.deepcopy(list(ops))
     for op in out:
         op[TraceKeys.ID] = TraceKeys.NONE

@@ -139,6 +139,7 @@ def _inner_distance(part: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, 
     Padded by one background voxel so a lung touching the grid edge has a surface there:
     the scan ends, the lung is not known to continue.
     """
+    # lazy scipy.ndimage (~0.6 s): unveil report imports this module for REGIONS only
     from scipy import ndimage
 
     padded = np.pad(part, 1, constant_values=False)
@@ -149,6 +150,7 @@ def _core_periphery(
     lung_parts: Iterable[np.ndarray], spacing: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Core and periphery over all lungs, each lung measured on its own (see REGIONS_RULE)."""
+    # lazy scipy.ndimage (~0.6 s): unveil report imports this module for REGIONS only
     from scipy import ndimage
 
     core = periphery = None

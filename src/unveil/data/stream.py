@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from unveil import __version__
 from unveil.fs import atomic_path, write_json
 
 if TYPE_CHECKING:
-    import torch
-
     from unveil.config import Config
 
 #: Bumped whenever what an entry holds changes: old entries then get other names.
@@ -77,8 +77,6 @@ def source_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 def entry_key(cfg: Config, image: str | os.PathLike, mask: str | os.PathLike) -> str:
     """The name of the cache entry of one subject (a hex digest; no subject id in it)."""
-    from unveil import __version__
-
     ident = {
         "format": CACHE_FORMAT,
         "unveil": __version__,
@@ -129,8 +127,6 @@ class MappedVolume:
 
     @property
     def shape(self) -> torch.Size:
-        import torch
-
         return torch.Size(self._shape)
 
     @property
@@ -142,8 +138,6 @@ class MappedVolume:
         return int(np.prod(self._shape)) * 4
 
     def __getitem__(self, key: Any) -> torch.Tensor:
-        import torch
-
         return torch.from_numpy(np.array(self._maps.get(self.path)[key]))
 
     def __repr__(self) -> str:

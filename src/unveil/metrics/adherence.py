@@ -58,6 +58,7 @@ from unveil.metrics.intervals import (
     percentile_interval,
     resampled_statistics,
 )
+from unveil.text.edits import apply_edits
 
 if TYPE_CHECKING:
     from unveil.text.edits import Edit
@@ -112,6 +113,7 @@ def adherence_input(image01: np.ndarray, lung: np.ndarray, size: int = 32) -> np
         the lung voxels of the cell, 0 where there are none.  The volume is first cropped
         to the lungs' bounding box; with no lung at all both channels are 0.
     """
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
     import torch.nn.functional as F
 
@@ -254,6 +256,7 @@ def _class_order(template: Template, name: str, counts: Mapping[Any, int]) -> li
 def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     """Area under the ROC curve (Mann-Whitney U, ties counted half), ``None`` without
     both a positive and a negative."""
+    # lazy scipy.stats (~1 s): report and compare import unveil.metrics but never use it
     from scipy.stats import rankdata
 
     pos = np.asarray(positive, dtype=bool)
@@ -377,8 +380,6 @@ def edit_target(template: Template, edit: Edit, row: Mapping[str, Any]) -> EditT
     direction for this subject: the edit leaves the prompt unchanged (already at the
     target, or a shift of a missing number), removes the value (``unset``), or sets a
     number whose factual value is missing."""
-    from unveil.text.edits import apply_edits
-
     if edit.op == "unset":
         return None
     edited = apply_edits(row, [edit], template)

@@ -24,6 +24,7 @@ Kind = Literal["classifier", "regressor"]
 
 def _net(out: int, width: int) -> torch.nn.Module:
     """A fresh reader network with ``out`` outputs and ``width`` first-layer channels."""
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     from torch import nn
 
     class AttributeNet(nn.Module):
@@ -51,6 +52,7 @@ def _net(out: int, width: int) -> torch.nn.Module:
 
 def _init(net: torch.nn.Module, gen: torch.Generator) -> None:
     """PyTorch's default layer init, but drawn from ``gen`` instead of the global RNG."""
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
     from torch import nn
 
@@ -92,6 +94,7 @@ class AttributeModel:
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """``(N, 2, S, S, S)`` -> class probabilities ``(N, K)`` or values ``(N,)`` in the
         attribute's unit."""
+        # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
         import torch
 
         x = _normalise(np.asarray(inputs, dtype=np.float32), self.in_mean, self.in_std)
@@ -111,6 +114,7 @@ def _one_thread() -> Iterator[None]:
     adds synchronisation, and on a machine whose cores are busy it made one training step
     10-50x slower (measured: 5 ms on one thread against 70-270 ms on two).
     """
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
 
     before = torch.get_num_threads()
@@ -165,6 +169,7 @@ def fit_attribute_model(
     Classes are weighted by inverse frequency so a rare class is not ignored; a regression
     target is standardised and fitted with the squared error.
     """
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
 
     x = np.asarray(inputs, dtype=np.float32)
@@ -217,6 +222,7 @@ def _class_targets(
     ``classes`` defaults to the first-seen order of ``targets``; a class absent from the
     targets gets weight 0.
     """
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
 
     cls = list(classes) if classes is not None else list(dict.fromkeys(targets))
@@ -232,6 +238,7 @@ def _class_targets(
 
 def _regression_targets(targets: Sequence[Any]) -> tuple[torch.Tensor, float, float]:
     """``(standardised float32 targets, mean, std)``; a constant target keeps std 1."""
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
 
     y = np.asarray(targets, dtype=np.float64)
@@ -242,6 +249,7 @@ def _regression_targets(targets: Sequence[Any]) -> tuple[torch.Tensor, float, fl
 
 def _fit_loop(net, opt, xt, yt, kind, weights, epochs, batch_size, gen) -> None:
     """Mini-batch AdamW over ``epochs`` passes, batch order drawn from ``gen``."""
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
     import torch.nn.functional as F
 

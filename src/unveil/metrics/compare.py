@@ -36,8 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from unveil.csvsafe import neutralise_cell, restore_cell
 from unveil.errors import UnveilError
+from unveil.fs import write_bytes, write_text
 from unveil.metrics.eval_render import FAMILY_NAMES, FUSION_NAMES, csv_cell, fmt
 from unveil.records.evaluation import EvaluationInfo, EvaluationSummary, read_evaluation
 
@@ -328,9 +332,6 @@ def compare_csv(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> st
 def compare_plot(runs: Sequence[EvalRun], rows: Sequence[Mapping[str, Any]]) -> bytes:
     """PNG: one panel per figure, one point per model with its interval as an error bar,
     coloured by family.  Matplotlib's Agg canvas is used directly (no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     figs = figure_columns(runs)
     n = max(len(figs), 1)
     ncols = min(4, n)
@@ -338,7 +339,7 @@ def compare_plot(runs: Sequence[EvalRun], rows: Sequence[Mapping[str, Any]]) -> 
     width = max(3.2 * ncols, 0.5 * len(rows) * ncols)
     fig = Figure(figsize=(width, 2.9 * nrows + 0.6), dpi=100)
     FigureCanvasAgg(fig)
-    colours = {"gan": "tab:blue", "diffusion": "tab:orange"}
+    colours = {"gan": "tab:blue", "diffusion": "tab:orange", "rflow": "tab:green"}
     labels = [str(r["model"]) for r in rows]
     for i, (key, title, lower) in enumerate(figs):
         ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -379,8 +380,6 @@ def compare(evals: Sequence[str | Path], out: str | Path) -> tuple[list[str], li
     :class:`~unveil.errors.DataError` names the file and the field of an evaluation
     folder that does not match :mod:`unveil.records.evaluation`.
     """
-    from unveil.fs import write_bytes, write_text
-
     if not evals:
         raise UnveilError("give at least one evaluation folder written by unveil evaluate.")
     runs = order_runs([load_eval(p) for p in evals])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from unveil.csvsafe import neutralise_cell
+from unveil.family_registry import family_display_name, family_names
 from unveil.fusion_registry import DISPLAY_NAMES
 from unveil.metrics.eval_summary import FIDELITY_KEYS
 from unveil.records.evaluation import EvaluationInfo, EvaluationSummary, json_ready
@@ -25,12 +26,13 @@ from unveil.records.evaluation import EvaluationInfo, EvaluationSummary, json_re
 #: kinds and their display names are the fusion registry's (a live view: a kind
 #: registered later is named too).
 FUSION_NAMES: Mapping[str, str] = DISPLAY_NAMES
-FAMILY_NAMES: dict[str, str] = {"gan": "GAN", "diffusion": "diffusion"}
+#: Display names of the registered families (the family registry is the one source).
+FAMILY_NAMES: dict[str, str] = {n: family_display_name(n) for n in family_names()}
 
 
 def variant_name(family: str, fusion: str) -> str:
     """``"GAN mask-only"``, ``"diffusion cross-attention"``... from the config's names."""
-    return f"{FAMILY_NAMES.get(family, family)} {FUSION_NAMES.get(fusion, fusion)}"
+    return f"{family_display_name(family)} {FUSION_NAMES.get(fusion, fusion)}"
 
 
 def json_safe(obj: Any) -> Any:

@@ -113,6 +113,7 @@ def load_feature_network(
             f"feature network file {p} does not exist; name an existing TorchScript file "
             "(written with torch.jit.save) or leave it out to skip FID and KID."
         )
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
 
     try:
@@ -187,6 +188,7 @@ class TorchScriptFeatures:
             )
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
         import torch
 
         feats = []
@@ -214,6 +216,7 @@ class RandomProjectionFeatures:
     """
 
     def __init__(self, dim: int = 32, grid: int = 4, seed: int = 0) -> None:
+        # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
         import torch
 
         gen = torch.Generator().manual_seed(seed)
@@ -226,6 +229,7 @@ class RandomProjectionFeatures:
 
     def extract_2d(self, slices: np.ndarray) -> np.ndarray:
         """``(N, 3, H, W)`` in ``[0, 1]`` -> ``(N, dim)`` float64."""
+        # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
         import torch
         import torch.nn.functional as F
 
@@ -235,6 +239,7 @@ class RandomProjectionFeatures:
 
     def extract_3d(self, volumes: np.ndarray) -> np.ndarray:
         """``(N, 1, X, Y, Z)`` in ``[0, 1]`` -> ``(N, dim)`` float64."""
+        # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
         import torch
         import torch.nn.functional as F
 
@@ -323,6 +328,7 @@ def _pair(size: int | Sequence[int], n: int) -> tuple[int, ...]:
 
 def _resize(x: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     """Resize ``(N, C, *spatial)`` with torch interpolation (antialiased when 2D)."""
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
     import torch.nn.functional as F
 

@@ -244,6 +244,7 @@ def body_mask(hu: np.ndarray, body_hu: float = -500.0, axis: int = 2) -> np.ndar
     lungs, which open to the airway in 3D, count as inside the body.  Returns a bool
     array of the shape of ``hu`` (all False when nothing exceeds ``body_hu``).
     """
+    # lazy scipy.ndimage (~0.6 s): report and compare import unveil.metrics but never use it
     from scipy import ndimage as ndi
 
     hu = np.asarray(hu)
@@ -294,6 +295,7 @@ def _largest_odd(n: int) -> int:
 
 def _gauss1d(kernel: int, sigma: float) -> torch.Tensor:
     """MONAI's normalised 1D Gaussian (``_gaussian_kernel``), as a float32 tensor ``(k,)``."""
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
 
     dist = torch.arange(start=(1 - kernel) / 2, end=(1 + kernel) / 2, step=1)
@@ -314,6 +316,7 @@ def _ssim_and_cs(
     MONAI's to float32 round-off (checked in the tests).  Output ``(X-k+1, Y-k+1, Z-k+1)``
     maps, float32 tensors.
     """
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch.nn.functional as F
 
     g = _gauss1d(kernel, sigma).to(x)
@@ -336,6 +339,7 @@ def _ssim_and_cs(
 
 def _ssim_map(real01: np.ndarray, fake01: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
     """3D SSIM map (valid convolution), shape ``(X-k+1, Y-k+1, Z-k+1)``, float64."""
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
 
     with torch.no_grad():
@@ -360,6 +364,7 @@ def _ms_ssim(
             f"{small} voxels but a {kernel}-voxel kernel over {scales} scales needs at least "
             f"{need} on every axis; SSIM is reported instead."
         )
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
     import torch.nn.functional as F
 
@@ -379,6 +384,7 @@ def _ms_ssim(
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
     """``(X, Y, Z)`` numpy -> ``(1, 1, X, Y, Z)`` float32 torch tensor."""
+    # lazy torch (~1.6 s): analyze, report and compare import unveil.metrics but never use it
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]

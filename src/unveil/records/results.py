@@ -25,7 +25,9 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_serializer, model_serializer
 
+from unveil.csvsafe import neutralise_frame, restore_cell
 from unveil.errors import UnveilError
+from unveil.fs import write_json, write_text
 from unveil.records.fields import Flag, MaybeCount, Num, Record, Text, clean_json, record_error
 from unveil.records.rows import (
     TABLE_ROWS,
@@ -194,9 +196,8 @@ def table_csv_text(rows: Sequence[Row], model: type[Row]) -> str:
     """A table as CSV text in the model's column order; a text cell a spreadsheet would run
     as a formula (an id ``=cmd``) is written ``'=cmd`` (:mod:`unveil.csvsafe`; numbers are
     never changed, and the raw ids stay in ``results.json``'s ``run.subjects``)."""
+    # lazy pandas (~0.4 s): compare and report read records; only this writer uses pandas
     import pandas as pd
-
-    from unveil.csvsafe import neutralise_frame
 
     columns = list(model.CSV_COLUMNS)
     frame = pd.DataFrame([r.model_dump() for r in rows], columns=columns)
@@ -207,8 +208,6 @@ def table_csv_text(rows: Sequence[Row], model: type[Row]) -> str:
 def read_table_csv(path: str | os.PathLike, model: type[Row], fix: str) -> list[Row]:
     """The rows of a table CSV written by :func:`write_analysis`, with the quote put in
     front of formula-like text cells removed (:func:`unveil.csvsafe.restore_cell`)."""
-    from unveil.csvsafe import restore_cell
-
     with Path(path).open(newline="", encoding="utf-8") as fh:
         raw = [
             {restore_cell(k): restore_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)
@@ -226,8 +225,6 @@ def write_analysis(
     folder: str | os.PathLike, results: Results, subject_rows: Sequence[SubjectRegionRow]
 ) -> None:
     """Write the tables (CSV) and ``results.json`` of an analysis into ``folder``."""
-    from unveil.fs import write_json, write_text
-
     folder = Path(folder)
     tables: list[tuple[type[Row], Sequence[Row]]] = [(SubjectRegionRow, subject_rows)]
     tables += [(model, getattr(results, name)) for name, model in TABLE_ROWS.items()]

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from unveil.config import DEFAULT_HU_WINDOW
 from unveil.errors import DataError, UnveilError
+from unveil.fs import write_json
 from unveil.records.fields import Text, record_error
 
 #: File name of the run description.
@@ -305,8 +306,6 @@ def read_run_record(path: str | os.PathLike) -> RunRecord:
 
 def write_run_record(path: str | os.PathLike, record: RunRecord) -> Path:
     """Write ``counterfactual.json`` atomically (the fields the record was given)."""
-    from unveil.fs import write_json
-
     return write_json(path, record.model_dump(exclude_unset=True))
 
 
@@ -352,6 +351,4 @@ def read_run_plan(path: str | os.PathLike) -> RunPlan | None:
 
 def write_run_plan(path: str | os.PathLike, plan: RunPlan) -> Path:
     """Write ``counterfactual.plan.json`` atomically (every field, as it reads back)."""
-    from unveil.fs import write_json
-
     return write_json(path, plan.model_dump(mode="json", exclude_unset=True))

@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import monai
+import numpy
 import torch
 
 from unveil import __version__
@@ -31,9 +33,6 @@ _TEMP_NAME = re.compile(r"^\.ckpt-\d{8}\.pt\.[A-Za-z0-9_]+\.pt$")
 
 def package_versions() -> dict[str, str]:
     """Versions recorded in every checkpoint (what made it)."""
-    import monai
-    import numpy
-
     out = {
         "unveil": __version__,
         "torch": str(torch.__version__),
@@ -42,6 +41,7 @@ def package_versions() -> dict[str, str]:
         "python": platform.python_version(),
     }
     try:
+        # lazy transformers (~1 s): only its version is recorded here
         import transformers
 
         out["transformers"] = str(transformers.__version__)

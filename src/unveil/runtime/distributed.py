@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from unveil.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -43,8 +45,6 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         )
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from unveil.errors import ConfigError
-
         raise ConfigError(
             "train.device asks for CUDA but no GPU is visible; set train.device=cpu or auto."
         )

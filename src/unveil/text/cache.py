@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from unveil.conditioning import TextCondition
 from unveil.fs import atomic_path, write_text
@@ -144,8 +146,6 @@ class EmbeddingCache:
         path = self.path(text)
         if path is None:
             return
-        from safetensors.torch import save_file
-
         if not (self.folder / "identity.txt").is_file():  # type: ignore[operator]
             # For a human looking at the folder; lookups never read it.
             write_text(self.folder / "identity.txt", self.identity + "\n")  # type: ignore[operator]
@@ -160,8 +160,6 @@ class EmbeddingCache:
         path = self.path(text)
         if path is None or not path.is_file():
             return False
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}

@@ -16,6 +16,7 @@ categories (``smoking=current``), numbers without a trailing ``.0`` (``age+=10``
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -103,8 +104,6 @@ def parse_unset(name: str, template: Template) -> Edit:
 
 def _field(template: Template, name: str, text: str):
     if name not in template.field_names:
-        import difflib
-
         close = difflib.get_close_matches(name, template.field_names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise EditError(

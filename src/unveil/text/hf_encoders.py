@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from unveil.errors import UnveilError
+from unveil.fs import atomic_path
 from unveil.text.encoder_base import EncodedText, TextEncoder, masked_mean, warn_truncated
 
 # A real subword vocabulary has tens of thousands of entries; a tokenizer with fewer than
@@ -248,6 +250,7 @@ def _from_pretrained(loader: Any, ref: str, name: str, prefix: str, **kwargs: An
 
 
 def _load_tokenizer(ref: str, name: str, prefix: str, fallback: Any = None) -> Any:
+    # lazy transformers (~1 s): only the Hugging Face encoders use it
     from transformers import AutoTokenizer
 
     try:
@@ -303,8 +306,6 @@ def load_medclip_projection(folder: str | os.PathLike, in_features: int) -> torc
         )
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -337,10 +338,6 @@ def load_medclip_projection(folder: str | os.PathLike, in_features: int) -> torc
 
 def save_medclip_projection(linear: torch.nn.Linear, folder: str | os.PathLike) -> Path:
     """Save ``linear`` as ``folder/medclip_projection.safetensors`` (atomically)."""
-    from safetensors.torch import save_file
-
-    from unveil.fs import atomic_path
-
     path = Path(folder) / MEDCLIP_PROJECTION_FILES[0]
     state = {k: v.detach().cpu().contiguous() for k, v in linear.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -352,6 +349,7 @@ def build_mean_pool(
     name: str, ref: str, prefix: str, max_length: int, device: str | torch.device
 ) -> MeanPoolEncoder:
     """The BERT-family model at ``ref`` with its tokenizer (and, for ``medclip``, projection)."""
+    # lazy transformers (~1 s): only the Hugging Face encoders use it
     from transformers import AutoModel
 
     # The model first: an unreachable hub name is then reported as such, not as a
@@ -371,6 +369,7 @@ def build_mean_pool(
 
 def build_clip(name: str, ref: str, max_length: int, device: str | torch.device) -> ClipTextEncoder:
     """The text tower of the CLIP model at ``ref`` (hub id or folder) with its tokenizer."""
+    # lazy transformers (~1 s): only the Hugging Face encoders use it
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     model = _from_pretrained(CLIPTextModelWithProjection, ref, name, "clip")

@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from unveil.config import configs_dir
 from unveil.errors import ConfigError, DataError
 from unveil.text.template_spec import (  # noqa: F401  (names of this module before the split)
     BUILTIN_MISSING,
@@ -325,8 +326,6 @@ class Template:
 
 def templates_dir() -> Path:
     """The folder of shipped templates (``configs/templates``)."""
-    from unveil.config import configs_dir
-
     return configs_dir() / "templates"
 
 

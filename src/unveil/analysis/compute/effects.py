@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from unveil.analysis.compute import row_rng
 from unveil.analysis.stats import (
@@ -170,8 +171,6 @@ def add_training_uncertainty(
     edits) get ``se_train_hu = 0``.  ``p_total`` is the two-sided Student's t p of
     ``mean / se_total`` on ``n - 1`` degrees of freedom.
     """
-    from scipy import stats
-
     se_adj = {(a.contrast, a.region): a.se_hu for a in adjusted if math.isfinite(a.se_hu)}
     out = []
     for r in rows:

@@ -16,6 +16,7 @@ from unveil.analysis.compute import row_rng
 from unveil.analysis.edits import ParsedEdit
 from unveil.analysis.regions import region_means
 from unveil.analysis.stats import bootstrap_ci
+from unveil.data.effects import effect_shift
 from unveil.records import CohortRow, RecoveryRow
 
 #: Default relative error allowed for a planted shift to count as recovered.
@@ -49,8 +50,6 @@ def expected_shift_means(
     Returns:
         ``{region: mean expected HU}`` for every region of ``idx`` (NaN where empty).
     """
-    from unveil.data.effects import effect_shift
-
     n = 1 + max((int(i.max()) for i in idx.values() if i.size), default=0)
     expected = np.zeros(n)
     for region, hu in effect_shift(effects, edit.apply(attributes)):

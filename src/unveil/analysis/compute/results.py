@@ -23,6 +23,7 @@ from unveil.analysis.compute.recovery import recovery_rows
 from unveil.analysis.compute.verdict import analysis_notes, verdict
 from unveil.analysis.inputs import AnalysisOptions, Measurements, RunDesign
 from unveil.analysis.regions import peak_candidates
+from unveil.data.regions import REGIONS_RULE
 from unveil.records import AnalysisSettings, CohortRow, Results, RunRecord
 
 
@@ -106,8 +107,6 @@ def settings(
     candidates: list[str],
 ) -> AnalysisSettings:
     """The ``settings`` record: the options and the rules the numbers follow."""
-    from unveil.data.regions import REGIONS_RULE
-
     o = options
     n_real = sum(1 for r in cohort if not r.null_control)
     return AnalysisSettings(
