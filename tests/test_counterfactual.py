@@ -18,10 +18,16 @@ from unveil.train.loop import train
 FAST = ["train.val_every=1000", "train.ckpt_every=1000"]
 
 
-@pytest.fixture(scope="module")
-def gan_ckpt(tiny_phantom, tmp_path_factory):
-    cfg = load_config(resolve_config_path("tiny-gan"), [*FAST, "model.noise_input=true"])
-    return train(cfg, tiny_phantom, tmp_path_factory.mktemp("gan") / "run", steps=2, progress=False)
+@pytest.fixture
+def gan_ckpt(tiny_gan_run):
+    """The session's tiny GAN (a noise input, 2 steps on ``tiny_phantom``): read-only."""
+    return tiny_gan_run.checkpoint
+
+
+@pytest.fixture
+def diffusion_ckpt(tiny_diffusion_run):
+    """The session's tiny diffusion model (2 sampling steps): read-only."""
+    return tiny_diffusion_run.checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +206,8 @@ def test_cli_counterfactual_analyze_report_chain(gan_ckpt, tiny_phantom, tmp_pat
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_diffusion_pairs_share_noise(tiny_phantom, tmp_path):
-    cfg = load_config(resolve_config_path("tiny-diffusion"), [*FAST, "diffusion.sample_steps=2"])
-    ck = train(cfg, tiny_phantom, tmp_path / "run", steps=1, progress=False)
+def test_diffusion_pairs_share_noise(diffusion_ckpt, tiny_phantom, tmp_path):
+    ck = diffusion_ckpt
     a = run_counterfactual(
         ck,
         tiny_phantom,
@@ -256,9 +261,8 @@ def test_bf16_generation_stays_close_to_float32_and_is_recorded(gan_ckpt, tiny_p
     assert json.loads((out / "counterfactual.json").read_text())["amp"] == "bf16"
 
 
-def test_bf16_diffusion_sampling_is_finite_and_close(tiny_phantom, tmp_path):
-    cfg = load_config(resolve_config_path("tiny-diffusion"), [*FAST, "diffusion.sample_steps=2"])
-    ck = train(cfg, tiny_phantom, tmp_path / "run", steps=1, progress=False)
+def test_bf16_diffusion_sampling_is_finite_and_close(diffusion_ckpt, tiny_phantom, tmp_path):
+    ck = diffusion_ckpt
     vols = {
         amp: _vol(
             generate_cohort(

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from unveil.cli import main
-from unveil.config import load_config, resolve_config_path
 from unveil.errors import UnveilError
 from unveil.infer.counterfactual import Generator
 from unveil.metrics.adherence import (
@@ -49,18 +48,16 @@ from unveil.metrics.features import missing_network_message
 from unveil.records.evaluation import EvaluationSummary
 from unveil.text.edits import parse_edit
 from unveil.text.template import load_template
-from unveil.train.loop import train
 
-FAST = ["train.val_every=1000", "train.ckpt_every=1000"]
 # sub-000 (val) and sub-001 (test) are not in the training split of the tiny phantom.
 IDS = ["sub-000", "sub-001"]
 SMALL = {"n_boot": 200, "progress": False, "adherence_size": 8, "adherence_epochs": 40}
 
 
-@pytest.fixture(scope="module")
-def gan_ckpt(tiny_phantom, tmp_path_factory):
-    cfg = load_config(resolve_config_path("tiny-gan"), FAST)
-    return train(cfg, tiny_phantom, tmp_path_factory.mktemp("gan") / "run", steps=1, progress=False)
+@pytest.fixture
+def gan_ckpt(tiny_gan_run):
+    """The session's tiny GAN, trained on ``tiny_phantom``: read-only."""
+    return tiny_gan_run.checkpoint
 
 
 def _csv(path):

@@ -33,16 +33,17 @@ CF_ARGS = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def ckpt(tiny_phantom, tmp_path_factory):
-    cfg = load_config(resolve_config_path("tiny-gan"), [*FAST, "model.noise_input=true"])
-    return train(cfg, tiny_phantom, tmp_path_factory.mktemp("gan") / "run", steps=1, progress=False)
+@pytest.fixture
+def ckpt(tiny_gan_run):
+    """The session's tiny GAN (a noise input, trained on ``tiny_phantom``): read-only."""
+    return tiny_gan_run.checkpoint
 
 
 @pytest.fixture(scope="module")
-def complete_run(ckpt, tiny_phantom, tmp_path_factory):
+def complete_run(tiny_gan_run, tiny_phantom, tmp_path_factory):
     """An uninterrupted counterfactual run (read-only: copy it to modify)."""
-    return run_counterfactual(ckpt, tiny_phantom, tmp_path_factory.mktemp("cf") / "run", **CF_ARGS)
+    out = tmp_path_factory.mktemp("cf") / "run"
+    return run_counterfactual(tiny_gan_run.checkpoint, tiny_phantom, out, **CF_ARGS)
 
 
 @pytest.fixture
@@ -154,9 +155,10 @@ def test_bad_steps_and_seeds_are_refused(ckpt, tiny_phantom, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_steps_beyond_the_diffusion_schedule_are_refused(tiny_phantom, tmp_path):
-    cfg = load_config(resolve_config_path("tiny-diffusion"), [*FAST, "diffusion.sample_steps=2"])
-    ck = train(cfg, tiny_phantom, tmp_path / "run", steps=1, progress=False)
+def test_steps_beyond_the_diffusion_schedule_are_refused(
+    tiny_diffusion_run, tiny_phantom, tmp_path
+):
+    ck = tiny_diffusion_run.checkpoint
     with pytest.raises(UnveilError, match=r"--steps 100000 is more than the \d+ diffusion"):
         generate_cohort(ck, tiny_phantom, tmp_path / "gen", ids=["sub-000"], steps=100000)
     assert not (tmp_path / "gen").exists()

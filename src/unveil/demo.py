@@ -12,13 +12,28 @@ control of the whole pipeline.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unveil.analysis.analyze import analyze_run
+from unveil.analysis.report import verdict_lines, write_report
+from unveil.config import Config, load_config, resolve_config_path
+from unveil.csvsafe import prompts_csv_text
+from unveil.data.phantom import check_phantom_args, make_phantom
+from unveil.data.splits import split_counts
+from unveil.data.table import find_table, read_clinical_table
 from unveil.errors import UnveilError
+from unveil.fs import write_text
+from unveil.infer.counterfactual import run_counterfactual
+from unveil.text.template import load_template
+from unveil.train.loop import train
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +60,21 @@ class DemoResult:
         return bool(rec.get("passed"))
 
 
+@dataclass
+class _Clock:
+    """The seconds each stage took, in the order the stages ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Announce the stage on stdout and record its duration once it has finished."""
+        self.seconds[name] = time.perf_counter()
+        print(f"[demo] {name} ...", flush=True)
+        yield
+        self.seconds[name] = round(time.perf_counter() - self.seconds[name], 1)
+
+
 def run_demo(
     out: str | Path = "unveil-demo",
     n: int = 160,
@@ -61,63 +91,59 @@ def run_demo(
     ``model`` picks the generator family (``gan``, the default, or ``diffusion``); its
     config is ``demo`` / ``demo-diffusion`` unless ``config`` names another.
     """
-    from unveil.analysis.analyze import analyze_run
-    from unveil.analysis.report import verdict_lines, write_report
-    from unveil.csvsafe import prompts_csv_text
-    from unveil.data.phantom import make_phantom
-    from unveil.data.table import find_table, read_clinical_table
-    from unveil.fs import write_text
-    from unveil.infer.counterfactual import run_counterfactual
-    from unveil.text.template import load_template
-    from unveil.train.loop import train
-
     if model not in DEMO_CONFIGS:
         raise UnveilError(f"--model must be one of {', '.join(DEMO_CONFIGS)}, not '{model}'.")
     config = DEMO_CONFIGS[model] if config is None else config
     cfg = _check_demo_args(config, n, size, steps, seeds)
     out = Path(out)
+    _clear_out(out, overwrite)
+    clock = _Clock()
+
+    cohort = out / "cohort"
+    with clock.stage("phantom"):
+        make_phantom(cohort, n=n, size=size, seed=0, progress=progress)
+    with clock.stage("prompts"):
+        _write_prompts(cfg, cohort, out / "prompts.csv")
+    with clock.stage("train"):
+        run_dir = out / "run"
+        ckpt = train(cfg, cohort, run_dir, steps=steps, progress=progress)
+    with clock.stage("counterfactual"):
+        cf = out / "counterfactual"
+        _counterfactuals(ckpt, cohort, run_dir, cf, seeds, progress)
+    with clock.stage("analyze"):
+        # No HU margin: the null controls calibrate the test (docs/statistics.md).
+        results = analyze_run(cf, n_boot=1000, progress=progress)
+    with clock.stage("report"):
+        report = write_report(cf)
+    return DemoResult(out, report, results, verdict_lines(results), clock.seconds)
+
+
+def _clear_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite``, which removes it."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UnveilError(
             f"{out} already exists and is not empty; pass --overwrite or choose another --out."
         )
     if out.exists() and overwrite:
-        import shutil
-
         shutil.rmtree(out)
-    seconds: dict[str, float] = {}
 
-    def stage(name: str):
-        seconds[name] = time.perf_counter()
-        print(f"[demo] {name} ...", flush=True)
 
-    def done(name: str):
-        seconds[name] = round(time.perf_counter() - seconds[name], 1)
-
-    cohort = out / "cohort"
-    stage("phantom")
-    make_phantom(cohort, n=n, size=size, seed=0, progress=progress)
-    done("phantom")
-
-    stage("prompts")
+def _write_prompts(cfg: Config, cohort: Path, path: Path) -> None:
+    """Write every subject's prompt to ``path`` and print the first as an example."""
     template = load_template(cfg.text.template)
     table = read_clinical_table(find_table(cohort), cfg.data.id_column)
     rows = table.drop(columns=[cfg.data.id_column]).to_dict("records")
     ids = [str(i) for i in table[cfg.data.id_column]]
-    write_text(out / "prompts.csv", prompts_csv_text(ids, [template.render(r) for r in rows]))
+    write_text(path, prompts_csv_text(ids, [template.render(r) for r in rows]))
     print(f"[demo] e.g. {template.render(rows[0])}")
-    done("prompts")
 
-    stage("train")
-    run_dir = out / "run"
-    ckpt = train(cfg, cohort, run_dir, steps=steps, progress=progress)
-    done("train")
 
-    stage("counterfactual")
-    import json
-
+def _counterfactuals(
+    ckpt: Path, cohort: Path, run_dir: Path, cf: Path, seeds: int, progress: bool
+) -> None:
+    """The demo's edits and null edit on the held-out (validation and test) subjects."""
     splits = json.loads((run_dir / "splits.json").read_text())["splits"]
     held_out = [*splits.get("val", []), *splits.get("test", [])]
-    cf = out / "counterfactual"
     run_counterfactual(
         ckpt,
         cohort,
@@ -129,29 +155,14 @@ def run_demo(
         ids=held_out,
         progress=progress,
     )
-    done("counterfactual")
-
-    stage("analyze")
-    # No HU margin: the null controls calibrate the test (docs/statistics.md).
-    results = analyze_run(cf, n_boot=1000, progress=progress)
-    done("analyze")
-
-    stage("report")
-    report = write_report(cf)
-    done("report")
-    return DemoResult(out, report, results, verdict_lines(results), seconds)
 
 
-def _check_demo_args(config: str, n: int, size: int, steps: int | None, seeds: int):
+def _check_demo_args(config: str, n: int, size: int, steps: int | None, seeds: int) -> Config:
     """Validate every argument before anything is built; returns the loaded config.
 
     The demo takes minutes: a value that can only fail at the end (too few held-out
     subjects, zero seeds) is refused here, in one sentence, before the phantom is written.
     """
-    from unveil.config import load_config, resolve_config_path
-    from unveil.data.phantom import check_phantom_args
-    from unveil.data.splits import split_counts
-
     check_phantom_args(n, size)
     if steps is not None and steps < 1:
         raise UnveilError(f"--steps {steps} is not a number of training steps; give 1 or more.")
