@@ -7,7 +7,7 @@ For every shipped config ``{family}-{fusion}`` (``gan-*``, ``diffusion-*``) and 
 * ``train s/it``: one full training iteration, median of ``--iters`` timed calls after
   ``--warmup`` untimed ones.  GAN: one discriminator update and one generator update
   (``GanProcess.train_step`` with the two Adam optimisers of ``make_gan_optimizers``).
-  Diffusion: prompt dropout, ``DiffusionProcess.training_loss``, backward, one AdamW
+  Diffusion: the family process's ``training_loss``, backward, one AdamW
   step (the optimiser of the training loop).  Gradient clipping, EMA and data loading
   are left out: they are the same for every fusion kind and small next to the networks.
 * ``eval s``: one network evaluation for ONE patch under ``torch.no_grad``.  GAN: the
@@ -289,7 +289,6 @@ def measure_case(spec: CaseSpec) -> dict:
             train_iter, spec.warmup, spec.iters, sync
         )
     else:
-        from unveil.generative.diffusion import conditional_dropout
         from unveil.generative.registry import family_for
 
         # DDPM or rectified flow: the family's own process (registry), as training uses.
@@ -299,11 +298,10 @@ def measure_case(spec: CaseSpec) -> dict:
         g = torch.Generator(device=device).manual_seed(spec.seed + 1)
 
         def train_iter() -> None:
-            c = cond
-            if c is not None:
-                c = conditional_dropout(c, cfg.text.prompt_dropout, g)
+            # Prompt dropout happens on the host when the batch is drawn
+            # (unveil.text.dropout), not in the step: the step takes the condition as is.
             with amp():
-                loss, _ = process.training_loss(gen, real, mask, c, generator=g)
+                loss, _ = process.training_loss(gen, real, mask, cond, generator=g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -22,7 +22,6 @@ from unveil.errors import ConfigError
 from unveil.generative.diffusion import (
     DenoisingProcess,
     DiffusionProcess,
-    conditional_dropout,
     null_condition,
 )
 from unveil.generative.rflow import RFlowProcess
@@ -246,25 +245,6 @@ def test_rflow_target_is_velocity():
 
 
 # ------------------------------------------------------------------ conditional dropout
-
-
-def test_conditional_dropout():
-    cond = _cond(b=1000)
-    assert not conditional_dropout(cond, 0.0).null.any()
-    assert conditional_dropout(cond, 1.0).null.all()
-    a = conditional_dropout(cond, 0.3, _gen(4)).null
-    b = conditional_dropout(cond, 0.3, _gen(4)).null
-    assert torch.equal(a, b)
-    assert 0.25 < a.float().mean() < 0.35
-    already = TextCondition(cond.tokens, cond.mask, cond.pooled, torch.arange(1000) < 10)
-    assert conditional_dropout(already, 0.0).null[:10].all()
-    with pytest.raises(ValueError):
-        conditional_dropout(cond, 0.3)  # no generator
-    with pytest.raises(ValueError):
-        conditional_dropout(cond, 1.5, _gen(0))
-
-
-# ------------------------------------------------------------------ guidance
 
 
 def test_classifier_free_guidance_combination():

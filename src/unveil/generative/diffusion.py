@@ -82,39 +82,6 @@ def _rescale_zero_terminal_snr(scheduler: DDPMScheduler) -> None:
     scheduler.betas = (1.0 - alphas).float()
 
 
-def conditional_dropout(
-    cond: TextCondition, p: float, generator: torch.Generator | None = None
-) -> TextCondition:
-    """Drop the whole prompt of a random fraction ``p`` of the batch (classifier-free guidance).
-
-    Sets ``null[b] = True`` (the network then uses its learned null condition) for each
-    sample independently with probability ``p``; samples already null stay null.  ``p = 0``
-    and ``p = 1`` are exact and need no generator.
-
-    Args:
-        cond: the batch condition, batch size ``B``.
-        p: drop probability in ``[0, 1]``.
-        generator: source of the ``(B,)`` uniform draws; required when ``0 < p < 1``.
-
-    Returns:
-        A new :class:`TextCondition` sharing the tensors of ``cond``, with ``null`` ``(B,)``.
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"conditional_dropout: p must be in [0, 1], got {p}.")
-    b = cond.batch_size
-    device = cond.pooled.device
-    if p == 0.0:
-        drop = torch.zeros(b, dtype=torch.bool, device=device)
-    elif p == 1.0:
-        drop = torch.ones(b, dtype=torch.bool, device=device)
-    else:
-        if generator is None:
-            raise ValueError("conditional_dropout: pass generator= when 0 < p < 1.")
-        drop = _draw_rand((b,), generator, torch.empty(0, device=device), normal=False) < p
-    null = drop if cond.null is None else (cond.null.to(device=device, dtype=torch.bool) | drop)
-    return TextCondition(cond.tokens, cond.mask, cond.pooled, null)
-
-
 def null_condition(cond: TextCondition) -> TextCondition:
     """The same batch with every prompt dropped (``null`` all True): the unconditional branch."""
     null = torch.ones(cond.batch_size, dtype=torch.bool, device=cond.pooled.device)
@@ -212,7 +179,7 @@ class DenoisingProcess:
             model: the network ``model(x_t, mask, t, cond)``.
             x0: clean images ``(B, C, D, H, W)`` in ``[-1, 1]``.
             mask: one-hot mask ``(B, M, D, H, W)``, passed through to the network.
-            cond: the text condition (already passed through :func:`conditional_dropout`
+            cond: the text condition (prompt dropout already applied by the data pipeline,
                 for classifier-free guidance training) or None.
             noise: ``(B, C, D, H, W)``; drawn from ``generator`` when None.
             t: ``(B,)`` timesteps; drawn from ``generator`` when None.
