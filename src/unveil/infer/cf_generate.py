@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 from unveil.data.io import write_volume
 from unveil.infer.cf_checks import check_finite
 from unveil.infer.cf_noise import subject_noise
-from unveil.infer.cf_plan import CounterfactualRun, PendingVolumes, VolumeJob
-from unveil.text.edits import apply_edits
+from unveil.infer.cf_plan import CounterfactualRun, PendingVolumes, VolumeJob, contrast_prompts
 
 
 def generate_volumes(run: CounterfactualRun, pending: PendingVolumes, progress: bool) -> None:
@@ -37,17 +36,7 @@ def generate_volumes(run: CounterfactualRun, pending: PendingVolumes, progress: 
 
 def subject_prompts(run: CounterfactualRun, sid: str) -> tuple[str, dict[str, str]]:
     """The factual prompt of a subject (with the baseline) and its prompt under each contrast."""
-    template = run.gen.template
-    row = apply_edits(run.rows[sid], run.base, template) if run.base else dict(run.rows[sid])
-    factual = template.render(row)
-    prompts = {
-        name: template.render(apply_edits(row, [edit], template))
-        for name, edit in run.edits.items()
-    }
-    for name, values in run.perms.items():
-        col = name.split(":", 1)[1]
-        prompts[name] = template.render({**row, col: values[sid]})
-    return factual, prompts
+    return contrast_prompts(run.gen.template, run.rows[sid], run.base, run.edits, run.perms, sid)
 
 
 def _subject_volumes(run: CounterfactualRun, sid: str, jobs: list[VolumeJob], bar) -> None:

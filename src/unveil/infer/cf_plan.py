@@ -33,7 +33,8 @@ from unveil.records import (
     write_run_record,
 )
 from unveil.runtime.distributed import DistInfo, barrier
-from unveil.text.edits import Edit, parse_edit
+from unveil.text.edits import Edit, apply_edits, parse_edit
+from unveil.text.template import Template
 
 # The run's messages keep the logger name of the public module, where users look for them.
 log = logging.getLogger("unveil.infer.counterfactual")
@@ -152,7 +153,9 @@ def plan_run(request: CounterfactualRequest, gen: Generator) -> CounterfactualRu
     perms = permuted_controls(
         subjects, rows, [column_of.get(c, c) for c in null_columns], request.n_permuted
     )
-    record = _run_record(request, gen, parsed, base, perms, subjects)
+    named = dict(zip([str(parsed[e]) for e in given], (parsed[e] for e in given), strict=True))
+    unchanged = unchanged_subjects(template, rows, subjects, base, named, perms)
+    record = _run_record(request, gen, parsed, base, perms, subjects, unchanged)
     plan = _run_plan(record, gen, cohort, subjects)
     layout = RunLayout(request.out)
     return CounterfactualRun(
@@ -163,13 +166,54 @@ def plan_run(request: CounterfactualRequest, gen: Generator) -> CounterfactualRu
         rows=rows,
         subjects=subjects,
         base=base,
-        edits=dict(zip(names, (parsed[e] for e in given), strict=True)),
+        edits=named,
         perms=perms,
         record=record,
         plan=plan,
         resume=_resumes(layout, plan, request.overwrite),
         volumes=layout.volumes(record),
     )
+
+
+def contrast_prompts(
+    template: Template,
+    row: dict[str, Any],
+    base: Sequence[Edit],
+    edits: dict[str, Edit],
+    perms: dict[str, dict[str, Any]],
+    sid: str,
+) -> tuple[str, dict[str, str]]:
+    """A subject's factual prompt (with the baseline) and its prompt under each contrast."""
+    row = apply_edits(row, list(base), template) if base else dict(row)
+    factual = template.render(row)
+    prompts = {name: template.render(apply_edits(row, [e], template)) for name, e in edits.items()}
+    for name, values in perms.items():
+        col = name.split(":", 1)[1]
+        prompts[name] = template.render({**row, col: values[sid]})
+    return factual, prompts
+
+
+def unchanged_subjects(
+    template: Template,
+    rows: dict[str, dict[str, Any]],
+    subjects: Sequence[str],
+    base: Sequence[Edit],
+    edits: dict[str, Edit],
+    perms: dict[str, dict[str, Any]],
+) -> dict[str, list[str]]:
+    """Per contrast, the subjects whose prompt it leaves as it is (only contrasts with any).
+
+    Same prompt and same noise give the same volume, so such a subject's effect is zero by
+    construction and says nothing about the model: ``age+=10`` on a row without an age,
+    ``diagnosis=IPF`` on a subject who has IPF.
+    """
+    out: dict[str, list[str]] = {}
+    for sid in subjects:
+        factual, prompts = contrast_prompts(template, rows[sid], base, edits, perms, sid)
+        for name, prompt in prompts.items():
+            if prompt == factual:
+                out.setdefault(name, []).append(sid)
+    return out
 
 
 def _run_record(
@@ -179,6 +223,7 @@ def _run_record(
     base: list[Edit],
     perms: dict[str, dict[str, Any]],
     subjects: list[str],
+    unchanged: dict[str, list[str]],
 ) -> RunRecord:
     """The final record, known before the first volume; written last."""
     guidance_scale = request.guidance_scale
@@ -201,6 +246,7 @@ def _run_record(
         hu_window=tuple(gen.cfg.preprocess.hu_window),
         amp=request.amp,
         config=gen.cfg.to_dict(),
+        unchanged=unchanged,
     )
 
 

@@ -102,6 +102,10 @@ class RunRecord(BaseModel):
     amp: str | None = None
     config: dict[str, Any] | None = None
     floor_seed_offset: int | None = None
+    #: Per contrast, the subjects whose prompt it leaves unchanged (a shift of a field
+    #: missing in their row, or a value they already have): their edited volume is their
+    #: factual one by construction, so the analysis leaves them out of that contrast.
+    unchanged: dict[str, list[Text]] = {}
 
     @property
     def contrasts(self) -> list[str]:

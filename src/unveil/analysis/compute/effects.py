@@ -30,6 +30,44 @@ MDE_POWER = 0.8
 FLOOR_COLUMNS: tuple[str, ...] = ("floor_mean_hu", "floor_sd_hu", "seed_sd_hu", "mde_hu")
 
 
+def leave_out_unchanged(
+    edit_vals: np.ndarray,
+    planted: np.ndarray,
+    contrasts: Sequence[str],
+    subjects: Sequence[str],
+    unchanged: Mapping[str, Sequence[str]],
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The per-subject effects and planted shifts without the subjects a contrast leaves as
+    they are (NaN there, as for a region a subject lacks), and a note per such contrast.
+
+    A subject whose prompt a contrast does not change (``age+=10`` where the age is
+    missing, ``diagnosis=IPF`` for a subject with IPF) gets its factual volume again, so
+    its effect is zero by construction, not a measurement: averaging it in would pull
+    the effect toward zero (docs/recovery.md).  The counterfactual run records them
+    (``RunRecord.unchanged``).
+
+    Args:
+        edit_vals, planted: ``(E, N, R)`` (not modified; copies are returned).
+        contrasts: the ``E`` contrast names; subjects: the ``N`` subject ids.
+        unchanged: ``{contrast: [subject, ...]}``.
+    """
+    ev, pl = edit_vals.copy(), planted.copy()
+    index = {sid: i for i, sid in enumerate(subjects)}
+    notes = []
+    for ei, name in enumerate(contrasts):
+        rows = [index[sid] for sid in unchanged.get(name, ()) if sid in index]
+        if not rows:
+            continue
+        ev[ei, rows] = np.nan
+        pl[ei, rows] = np.nan
+        notes.append(
+            f"{name}: {len(rows)} of {len(subjects)} subject(s) left out, whose prompt this "
+            "contrast leaves unchanged (a shift of a field missing in their row, or a value "
+            "they already have)."
+        )
+    return ev, pl, notes
+
+
 def noise_floor_rows(
     regions: Sequence[str], floor_seed: np.ndarray, alpha: float = 0.05
 ) -> list[NoiseFloorRow]:

@@ -7,6 +7,7 @@ the clinical rows and the run record in, :class:`~unveil.records.results.Results
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from unveil.analysis.compute.association import adjusted_association, observed_rows
@@ -15,6 +16,7 @@ from unveil.analysis.compute.effects import (
     MDE_POWER,
     add_training_uncertainty,
     cohort_rows,
+    leave_out_unchanged,
     noise_floor_rows,
     specificity_rows,
     with_noise_floor,
@@ -44,6 +46,10 @@ def compute_results(
         options: the analysis options.
     """
     o, d, m = options, design, measured
+    edit_vals, planted, left_out = leave_out_unchanged(
+        m.edit_vals, m.planted, d.contrasts, run.subjects, run.unchanged
+    )
+    m = replace(m, edit_vals=edit_vals, planted=planted)
     n_seeds = m.floor_seed.shape[1]
     floor = noise_floor_rows(d.regions, m.floor_seed, o.alpha)
     cohort = cohort_rows(
@@ -77,7 +83,7 @@ def compute_results(
             d.parseable, d.controls, d.parsed, d.regions, m.edit_vals, m.planted, cohort,
             o.n_boot, o.seed, o.recovery_tolerance, o.spill_limit_hu,
         )  # fmt: skip
-    notes += adj_notes + analysis_notes(
+    notes += left_out + adj_notes + analysis_notes(
         calibration, m.saturated, run.window, cohort, o.test, o.alpha, bool(d.controls),
         run.per_subject_noise,
     )  # fmt: skip
