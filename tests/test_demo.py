@@ -77,8 +77,14 @@ def test_demo_runs_end_to_end_and_reads_back_the_planted_truth(tmp_path, capsys)
     ipf = rows[("diagnosis=IPF", "lower_lung&lung_periphery")]
     assert ipf["significant"] and ipf["mean_diff_hu"] >= 0.5 * ipf_planted, ipf
     assert ipf["mean_diff_hu"] > rows[("diagnosis=IPF", "upper_lung")]["mean_diff_hu"] + 30.0
+    # Age over the subjects whose age the edit changes: the held-out subjects without an
+    # age are left out (their effect is 0 by construction) and the run records them.
     age = rows[("age+=10", "lung")]
-    assert age["significant"] and 5.0 <= age["mean_diff_hu"] <= 15.0, age
+    assert age["significant"] and 7.5 <= age["mean_diff_hu"] <= 12.5, age
+    record = json.loads((out / "counterfactual" / "counterfactual.json").read_text())
+    left_out = record["unchanged"].get("age+=10", [])
+    assert age["n_subjects"] == len(record["subjects"]) - len(left_out), age
+    assert any(n.startswith("age+=10: ") for n in verdict["notes"]) == bool(left_out)
     # Negative controls: significant nowhere, the calibration fitted on them.
     assert verdict["null_control_passed"] is True
     assert not any(r["significant"] for r in results["cohort_stats"] if r["null_control"])
