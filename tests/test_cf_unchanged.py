@@ -9,8 +9,9 @@ import pandas as pd
 
 from unveil.analysis.analyze import analyze_run
 from unveil.analysis.compute.effects import leave_out_unchanged
+from unveil.data.io import read_volume
 from unveil.infer.counterfactual import run_counterfactual
-from unveil.records import read_run_record
+from unveil.records import RunLayout, read_run_record
 
 
 def test_leave_out_unchanged_blanks_only_the_named_subjects_of_the_named_contrast():
@@ -55,7 +56,12 @@ def test_missing_age_and_existing_diagnosis_are_left_out(tiny_gan_run, tmp_path)
     )
     record = read_run_record(out / "counterfactual.json")
     assert record.unchanged == {"age+=10": [ids[1]], "diagnosis=IPF": [ids[2]]}
-    # The left-out subject's edited volume is its factual one, as the rule says.
+    # The left-out subject's edited volume is its factual one (reused, not generated again).
+    layout = RunLayout(out)
+    fac = read_volume(layout.factual(ids[1], 0)).array
+    np.testing.assert_array_equal(read_volume(layout.edited(ids[1], "age+=10", 0)).array, fac)
+    other = read_volume(layout.edited(ids[0], "age+=10", 0)).array
+    assert not np.array_equal(other, read_volume(layout.factual(ids[0], 0)).array)
     results = analyze_run(out, n_boot=200, progress=False)
     n = {(r["contrast"], r["region"]): r["n_subjects"] for r in results["cohort_stats"]}
     assert n[("age+=10", "lung")] == 3 and n[("diagnosis=IPF", "lung")] == 3

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from unveil.data.io import write_volume
+from unveil.data.io import Volume, write_volume
 from unveil.infer.cf_checks import check_finite
 from unveil.infer.cf_noise import subject_noise
 from unveil.infer.cf_plan import CounterfactualRun, PendingVolumes, VolumeJob, contrast_prompts
@@ -48,6 +48,7 @@ def _subject_volumes(run: CounterfactualRun, sid: str, jobs: list[VolumeJob], ba
     latent = gen.invert(prepared, factual_prompt) if run.request.from_scan else None
     shape = tuple(prepared.image.shape[-3:])
     pair_noise: dict[int, torch.Tensor] = {}
+    factual: dict[int, Volume] = {}  # per seed, this call's factual volume
     for k, what, path in jobs:
         if what == "floor":
             prompt, noise = factual_prompt, subject_noise(shape, sid, k, stream="floor")
@@ -58,7 +59,14 @@ def _subject_volumes(run: CounterfactualRun, sid: str, jobs: list[VolumeJob], ba
             noise = pair_noise[k]
             prompt = factual_prompt if what == "factual" else prompts[what]
             label = what if what == "factual" else f"contrast {what}"
-        volume = gen.to_hu(gen.generate(prepared, prompt, noise), prepared)
-        check_finite(volume, sid, k, label)
+        if what not in ("floor", "factual") and prompt == factual_prompt and k in factual:
+            # A contrast that leaves the prompt as it is (RunRecord.unchanged): same prompt,
+            # same noise, so its volume is the factual one; no second network pass.
+            volume = factual[k]
+        else:
+            volume = gen.to_hu(gen.generate(prepared, prompt, noise), prepared)
+            check_finite(volume, sid, k, label)
+        if what == "factual":
+            factual[k] = volume
         write_volume(volume, path)
         bar.update(1)
