@@ -254,7 +254,9 @@ def test_interrupted_counterfactual_resumes_to_the_uninterrupted_result(
     with caplog.at_level(logging.INFO, logger="unveil.infer.counterfactual"):
         run_counterfactual(ckpt, tiny_phantom, out, **CF_ARGS)
     assert "7 of 20 volume(s) already written are kept (skipped), 13 to generate" in caplog.text
-    assert len(calls) == 13  # only the missing volumes were generated
+    # Only the missing volumes were made: at most 13 network passes (fewer where a
+    # contrast leaves a subject's prompt unchanged and reuses its factual volume).
+    assert 0 < len(calls) <= 13
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # the others untouched
     _assert_same_run(complete_run, out)
 
